@@ -129,10 +129,12 @@ class Store(Protocol):
     async def update_target(
         self, kind: TargetKind, target_id: str, changes: Mapping[str, Any]
     ) -> Target | None:
-        """Apply ``changes`` (field → value, already validated) and bump ``updated_at``."""
+        """Apply ``changes`` (field → value, already validated) and bump ``updated_at``.
+        Only ``filter_mode``, ``enforce``, ``forward_url``, ``voice_url``, ``sms_url`` and
+        ``rate_limit`` may change; another field raises ``ValueError``."""
 
     async def delete_target(self, kind: TargetKind, target_id: str) -> bool:
-        """Delete the target and mark its rules deleted."""
+        """Delete the target and mark its rules deleted; False if there was no target."""
 
     # --- rules ---------------------------------------------------------------------
     async def create_rule(self, rule: NewRule) -> Rule:
@@ -144,7 +146,9 @@ class Store(Protocol):
 
     async def get_rule(self, rule_id: int) -> Rule | None: ...
     async def update_rule(self, rule_id: int, changes: Mapping[str, Any]) -> Rule | None:
-        """Change action, status, expires_at or note; bumps ``updated_at``."""
+        """Change action, status, expires_at or note; bumps ``updated_at``. Another field
+        raises ``ValueError``; bringing a deleted rule back into a slot that another rule
+        now holds raises ``DuplicateRule``."""
 
     async def delete_rule(self, rule_id: int) -> Rule | None:
         """Mark the rule deleted (it frees its slot); return it, or None if unknown."""
@@ -158,7 +162,9 @@ class Store(Protocol):
         """(version, all targets, active rules as compact rows), read consistently."""
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
-        """Add counts to rules' ``hits`` and set ``last_matched_at`` (rule id → (n, at))."""
+        """Add counts to rules' ``hits`` and set ``last_matched_at`` (rule id → (n, at)),
+        never moving it back (flushes from several workers may arrive out of order).
+        Unknown rule ids are ignored."""
 
     # --- events ----------------------------------------------------------------------
     async def put_events(self, events: Sequence[EventRecord]) -> None:
@@ -173,8 +179,8 @@ class Store(Protocol):
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int
     ) -> tuple[list[EventRecord], str | None]:
-        """Newest first. ``cursor`` is opaque; returns (page, next cursor or None)."""
+        """Newest first. ``cursor`` is opaque; returns (page, next cursor or None). A
+        cursor this store did not make raises ``BadRequest``."""
 
     async def purge_events(self, before: datetime) -> int:
         """Delete events received before ``before``; return how many."""
-

@@ -1,0 +1,1 @@
+"""Test suites every implementation of a Protocol must pass (see ``store_contract``)."""

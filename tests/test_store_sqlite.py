@@ -1,0 +1,218 @@
+"""What the SQLite store promises beyond the shared contract: WAL, other processes' writes
+seen within a second (SPEC §5), the slot rule held by the database across connections,
+migrations, and "cannot reach the file" answered as ``StoreUnavailable``."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import DuplicateRule, StoreUnavailable
+from gateway.models import ORG_MAIL, NewRule, Rule
+from gateway.store.base import RuleFilter
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs in a second Python process: write one rule, then say when the commit returned.
+_WRITER = """
+import asyncio, sys, time
+from gateway.models import NewRule
+from gateway.store.sqlite import SQLiteStore
+
+async def main() -> None:
+    store = SQLiteStore(sys.argv[1])
+    await store.open()
+    rule = await store.create_rule(
+        NewRule(scope="org:mail", action="block", match_type="domain", match_target="x.example")
+    )
+    print(time.time(), rule.id, flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def _rule(match_target: str) -> NewRule:
+    return NewRule(scope=ORG_MAIL, action="block", match_type="domain", match_target=match_target)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "data" / "sendergate.db")
+
+
+@pytest.fixture
+async def sqlite_store(db_path: str) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _schema(path: str) -> tuple[int, list[tuple[str, str]]]:
+    with closing(sqlite3.connect(path)) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        objects = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    return int(version), [(str(name), str(sql)) for name, sql in objects]
+
+
+async def test_file_is_in_wal_mode(sqlite_store: SQLiteStore, db_path: str) -> None:
+    """The database file is switched to WAL (a property of the file, seen by any reader)."""
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_another_process_write_is_seen_within_a_second(
+    sqlite_store: SQLiteStore, db_path: str
+) -> None:
+    """A rule written by a second process moves this store's version() within 1 s of its
+    commit (SPEC §5), and the rule can then be read here."""
+    before = await sqlite_store.version()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WRITER,
+        db_path,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30  # generous: the child has to start Python
+        while await sqlite_store.version() == before:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+        seen_at = time.time()
+        out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert await sqlite_store.version() > before
+    committed_at, rule_id = out.decode().split()
+    assert seen_at - float(committed_at) < 1.0
+    assert await sqlite_store.get_rule(int(rule_id)) is not None
+
+
+async def test_racing_stores_fill_each_slot_once(db_path: str) -> None:
+    """Two stores (two connections) inserting the same rules at once: each slot gets one
+    rule, and every loser's DuplicateRule names the winner."""
+    a, b = SQLiteStore(db_path), SQLiteStore(db_path)
+    await asyncio.gather(a.open(), b.open())  # also races the first migration
+    try:
+        for i in range(20):
+            results = await asyncio.gather(
+                a.create_rule(_rule(f"d{i}.example")),
+                b.create_rule(_rule(f"d{i}.example")),
+                return_exceptions=True,
+            )
+            winners = [r for r in results if isinstance(r, Rule)]
+            losers = [r for r in results if isinstance(r, DuplicateRule)]
+            assert len(winners) == 1 and len(losers) == 1, results
+            assert losers[0].existing_rule_id == winners[0].id
+        batch = [_rule(f"batch{i}.example") for i in range(50)]
+        left, right = await asyncio.gather(a.create_rules(batch), b.create_rules(batch))
+        for x, y in zip(left, right, strict=True):
+            pair = sorted([x, y], key=lambda item: isinstance(item, DuplicateRule))
+            won, lost = pair
+            assert isinstance(won, Rule) and isinstance(lost, DuplicateRule)
+            assert lost.existing_rule_id == won.id
+        _, total = await a.list_rules(RuleFilter(), limit=1, offset=0)
+        assert total == 70
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_reopening_migrates_nothing(db_path: str) -> None:
+    """Opening an up-to-date file again leaves its schema, data and version as they were."""
+    first = SQLiteStore(db_path)
+    await first.open()
+    rule = await first.create_rule(_rule("spam.example"))
+    version = await first.version()
+    await first.close()
+    schema = _schema(db_path)
+    assert schema[0] == SCHEMA_VERSION
+
+    again = SQLiteStore(db_path)
+    await again.open()
+    try:
+        assert _schema(db_path) == schema
+        assert await again.get_rule(rule.id) == rule
+        assert await again.version() == version
+    finally:
+        await again.close()
+
+
+async def test_newer_schema_is_refused(db_path: str) -> None:
+    """A file written by a newer SenderGate is refused with StoreUnavailable, untouched."""
+    store = SQLiteStore(db_path)
+    await store.open()
+    await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreUnavailable, match="newer"):
+        await SQLiteStore(db_path).open()
+    assert _schema(db_path)[0] == SCHEMA_VERSION + 1
+
+
+async def test_unwritable_path_is_store_unavailable(tmp_path: Path) -> None:
+    """A path whose directory cannot be created fails open() with StoreUnavailable naming
+    the path (a regular file in the way works even for root)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    path = str(blocker / "sendergate.db")
+    with pytest.raises(StoreUnavailable, match=r"cannot open the SQLite store at .*not-a-dir"):
+        await SQLiteStore(path).open()
+
+
+async def test_locked_file_is_store_unavailable_without_blocking_the_loop(
+    sqlite_store: SQLiteStore, db_path: str
+) -> None:
+    """While another connection holds the write lock past busy_timeout, a write raises
+    StoreUnavailable, and the event loop keeps running while the store waits."""
+    slow = SQLiteStore(db_path, busy_timeout=0.3)
+    await slow.open()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        ticker = asyncio.create_task(tick())
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await slow.create_rule(_rule("spam.example"))
+        finally:
+            ticker.cancel()
+            holder.execute("ROLLBACK")
+            await slow.close()
+    assert ticks >= 10
+    assert await sqlite_store.create_rule(_rule("spam.example"))
+
+
+async def test_closed_store_is_store_unavailable(db_path: str) -> None:
+    """Calls before open() or after close() raise StoreUnavailable; close() twice is fine."""
+    store = SQLiteStore(db_path)
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await store.version()
+    await store.open()
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await store.ping()
