@@ -50,9 +50,13 @@ whitelist default) is delivered instead and the decision says ``would_drop``; ``
 ``rule`` and ``reason`` stay the computed ones. ``mute`` is a delivery already and is left
 as it is.
 
-Layout of the compiled data (chosen for memory: about 150–170 bytes per rule, most of it
-the key string). Per scope there is one ``dict[str, int]`` per match kind, keyed by the
-match value, whose values pack everything ``decide`` needs into a single ``int``::
+A recipient that is a known target of the *other* family (a mailbox given with family
+``phone``) is treated like an unknown recipient of ``family``.
+
+Layout of the compiled data, chosen for memory (about 130 bytes per rule in
+``bench/decide.py``, key strings included): per scope there is one ``dict[str, int]`` per
+match kind, keyed by the match value, whose values pack everything ``decide`` needs into
+a single ``int``::
 
     rule_id << 13 | has_expiry << 12 | include_subdomains << 11 | key
 
