@@ -1,7 +1,8 @@
 """``create_app(settings)`` composes the gateway: routes, error handlers and a lifespan that
 opens the store, applies the targets and rules declared in config.toml, loads the first
-rule snapshot and keeps it fresh. No module-level clients: everything lives on
-``app.state.gw`` (``gateway.http.context.AppState``)."""
+rule snapshot and keeps it fresh, flushes contact counts and runs the scheduled review.
+No module-level clients: everything lives on ``app.state.gw``
+(``gateway.http.context.AppState``)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from gateway.errors import Conflict, DuplicateRule, GatewayError
+from gateway import audit, review
+from gateway.contacts import ContactTracker
+from gateway.errors import Conflict, DuplicateRule, GatewayError, StoreUnavailable
 from gateway.forward import Forwarder
-from gateway.http import admin, events, health, openapi, webhooks
+from gateway.http import admin, contacts, events, health, openapi, webhooks
 from gateway.http.auth import KeyRing
 from gateway.http.context import AppState
 from gateway.http.problems import (
@@ -29,10 +33,12 @@ from gateway.http.problems import (
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Target
 from gateway.pipeline import CertCache, Pipeline
 from gateway.providers import build_provider
+from gateway.ratelimit import LocalRateLimiter
 from gateway.recorder import Recorder
 from gateway.settings import RuleDecl, Settings
 from gateway.snapshot import SnapshotHolder
-from gateway.store import Store, open_store
+from gateway.store import PushesInvalidations, Store, open_store
+from gateway.store.base import NewAudit
 
 log = logging.getLogger("sendergate")
 
@@ -40,8 +46,10 @@ log = logging.getLogger("sendergate")
 async def apply_config(store: Store, settings: Settings) -> None:
     """Create or update the targets declared in config.toml and add their rules (source
     ``config``). Idempotent: a restart changes nothing; a rule whose slot is already
-    taken (by config or by a user) is left as it is."""
+    taken (by config or by a user) is left as it is. What it does change is recorded in
+    the audit log with actor ``config``."""
     now = datetime.now(UTC)
+    entries: list[NewAudit] = []
     targets = [
         Target(
             "mailbox",
@@ -69,7 +77,9 @@ async def apply_config(store: Store, settings: Settings) -> None:
         for nb in settings.numbers
     ]
     for target in targets:
-        await _upsert_target(store, target)
+        entry = await _upsert_target(store, target, now)
+        if entry is not None:
+            entries.append(entry)
     wanted: list[NewRule] = []
     for scope, decls in (
         *((mb.address, mb.rules) for mb in settings.mailboxes),
@@ -80,8 +90,10 @@ async def apply_config(store: Store, settings: Settings) -> None:
         wanted.extend(_new_rule(scope, d) for d in decls)
     if wanted:
         results = await store.create_rules(wanted)
-        created = sum(1 for r in results if not isinstance(r, DuplicateRule))
-        log.info("config: %d rules declared, %d added", len(wanted), created)
+        added = [r for r in results if not isinstance(r, DuplicateRule)]
+        entries.extend(audit.rule_change("config", "rule.create", now, None, r) for r in added)
+        log.info("config: %d rules declared, %d added", len(wanted), len(added))
+    await audit.record(store, entries)
 
 
 def _new_rule(scope: str, d: RuleDecl) -> NewRule:
@@ -99,8 +111,9 @@ def _new_rule(scope: str, d: RuleDecl) -> NewRule:
 _CONFIG_FIELDS = ("filter_mode", "enforce", "forward_url", "voice_url", "sms_url", "rate_limit")
 
 
-async def _upsert_target(store: Store, target: Target) -> None:
-    """Config is the source of truth for the fields it declares on its targets."""
+async def _upsert_target(store: Store, target: Target, now: datetime) -> NewAudit | None:
+    """Config is the source of truth for the fields it declares on its targets. Returns
+    the audit entry of what changed, if anything did."""
     fields = {k: getattr(target, k) for k in _CONFIG_FIELDS}
     if target.kind == "mailbox":
         fields = {k: v for k, v in fields.items() if k not in ("voice_url", "sms_url")}
@@ -109,12 +122,67 @@ async def _upsert_target(store: Store, target: Target) -> None:
     existing = await store.get_target(target.kind, target.id)
     if existing is None:
         try:
-            await store.create_target(target)
-            return
+            created = await store.create_target(target)
+            return audit.target_change("config", now, None, created)
         except Conflict:  # another replica created it at the same moment
             existing = await store.get_target(target.kind, target.id)
     if existing is not None and any(getattr(existing, k) != v for k, v in fields.items()):
-        await store.update_target(target.kind, target.id, fields)
+        updated = await store.update_target(target.kind, target.id, fields)
+        if updated is not None:
+            return audit.target_change("config", now, existing, updated)
+    return None
+
+
+async def _first_load(store: Store, settings: Settings, snapshot: SnapshotHolder) -> bool:
+    """Apply config.toml and load the first snapshot. A store that cannot be reached
+    (Redis down) does not stop start-up (SPEC §5): False, and the snapshot stays empty
+    (webhooks answer 503 so that providers retry) or, with ``cold_start = "fail_open"``,
+    the default modes decide until the store answers."""
+    try:
+        await apply_config(store, settings)
+        await snapshot.reload()
+    except StoreUnavailable as exc:
+        log.warning("store unavailable at start-up, retrying in the background: %s", exc)
+        if settings.store.cold_start == "fail_open":
+            snapshot.use_defaults()
+            log.warning(
+                "cold_start = fail_open: deciding with the default modes and no rules "
+                "until the store answers"
+            )
+        return False
+    return True
+
+
+async def _load_when_reachable(
+    store: Store,
+    settings: Settings,
+    snapshot: SnapshotHolder,
+    poll_s: float,
+    *,
+    max_delay_s: float = 5.0,
+) -> None:
+    """Retry ``_first_load``'s work with backoff until the store answers, then keep the
+    snapshot fresh as usual. (The poller starts only then: a snapshot loaded before the
+    config is applied would make the replica ready with rules still missing.)"""
+    delay = 0.2
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)
+        try:
+            await apply_config(store, settings)
+            ruleset = await snapshot.reload()
+        except StoreUnavailable:
+            continue
+        except Exception:  # a bug must not leave the replica without rules for good
+            log.exception("loading the first snapshot failed")
+            continue
+        log.info(
+            "store reachable: config applied, %d rules loaded (version %d)",
+            ruleset.rule_count,
+            ruleset.version,
+        )
+        break
+    await snapshot.run(poll_s)
 
 
 async def _purge_events(store: Store, days: int, clock: Callable[[], float]) -> None:
@@ -130,6 +198,35 @@ async def _purge_events(store: Store, days: int, clock: Callable[[], float]) -> 
         await asyncio.sleep(3600)
 
 
+async def _review_schedule(state: AppState, interval_s: float) -> None:
+    """``[review] interval``: apply the review every ``interval_s`` (the first run one
+    interval after start-up, so that restarts do not run it back to back). Every replica
+    runs it; applying twice changes nothing, so they need no coordination."""
+    settings = state.settings
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            result = await review.run_review(
+                state.store,
+                settings.review,
+                apply=True,
+                now=state.now(),
+                region=settings.default_region,
+            )
+            if result["written"]:
+                await state.snapshot.reload()
+            log.info(
+                "review: %d contacts reviewed, %d proposals, %d rules written",
+                result["reviewed"],
+                len(result["proposals"]),
+                result["written"],
+            )
+        except GatewayError as exc:
+            log.warning("scheduled review failed: %s", exc)
+        except Exception:  # a bug must not stop the schedule for the life of the process
+            log.exception("scheduled review failed")
+
+
 def create_app(
     settings: Settings,
     *,
@@ -138,7 +235,11 @@ def create_app(
 ) -> Starlette:
     """Build the gateway for ``settings``. ``store`` and ``clock`` may be injected (tests);
     by default the store comes from ``[store] url``."""
-    the_store = store if store is not None else open_store(settings.store.url)
+    the_store = (
+        store
+        if store is not None
+        else open_store(settings.store.url, key_prefix=settings.store.key_prefix)
+    )
     snapshot = SnapshotHolder(the_store, settings, clock=clock)
     state = AppState(
         settings=settings,
@@ -165,7 +266,18 @@ def create_app(
         certs=certs,
         clock=clock,
     )
-    state.extras.update(pipeline=pipeline, recorder=recorder, forwarder=forwarder)
+    # Contact counts and per-sender rate limits of the hot path (gateway.contacts,
+    # gateway.ratelimit): the pipeline calls contact_tracker.observe() per decided event
+    # and rate_limiter.allow() for targets with a rate_limit.
+    contact_tracker = ContactTracker()
+    rate_limiter = LocalRateLimiter()
+    state.extras.update(
+        pipeline=pipeline,
+        recorder=recorder,
+        forwarder=forwarder,
+        contacts=contact_tracker,
+        rate_limiter=rate_limiter,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -180,15 +292,26 @@ def create_app(
         await forwarder.start()
         tasks: list[asyncio.Task[None]] = []
         try:
-            await apply_config(the_store, settings)
-            await snapshot.reload()
-            tasks.append(asyncio.create_task(snapshot.run(settings.store.poll_interval_s)))
+            poll_s = settings.store.poll_interval_s
+            if await _first_load(the_store, settings, snapshot):
+                tasks.append(asyncio.create_task(snapshot.run(poll_s)))
+            else:
+                tasks.append(
+                    asyncio.create_task(_load_when_reachable(the_store, settings, snapshot, poll_s))
+                )
+            if isinstance(the_store, PushesInvalidations):
+                tasks.append(asyncio.create_task(the_store.listen(snapshot.notify)))
             tasks.append(asyncio.create_task(recorder.run()))
             tasks.append(
                 asyncio.create_task(
                     _purge_events(the_store, settings.store.event_retention_days, clock)
                 )
             )
+            tasks.append(asyncio.create_task(contact_tracker.run(the_store)))
+            if settings.review.interval_s is not None:
+                tasks.append(
+                    asyncio.create_task(_review_schedule(state, settings.review.interval_s))
+                )
             yield
         finally:
             # Finish what was started (bounded), then write what is buffered.
@@ -200,6 +323,8 @@ def create_app(
                     await task
             with contextlib.suppress(GatewayError):
                 await recorder.flush()
+            with contextlib.suppress(GatewayError):
+                await contact_tracker.flush(the_store)
             await forwarder.aclose()
             await the_store.close()
 
@@ -207,11 +332,13 @@ def create_app(
         *health.routes(),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         *admin.routes(),
+        *contacts.routes(),
         *events.routes(),
         *webhooks.routes(),
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(webhooks.HookFastPath)],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: gateway_error_handler,

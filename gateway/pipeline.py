@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,16 +45,47 @@ DELIVERED = ("forwarded", "released")
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the gateway answers the provider."""
+    """What the gateway answers the provider.
+
+    ``wire_headers`` is the header block as sent, computed once at construction (so that
+    a drop answer, one constant ``Reply`` per provider answer, costs nothing per
+    request): ``content-length``, ``content-type`` (``; charset=utf-8`` added to a
+    ``text/`` type without one), then ``headers``, each replacing a header of the same
+    name: what ``starlette.responses.Response`` sends for the same values.
+    """
 
     status: int
     content_type: str | None
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    wire_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire_headers", _wire_headers(self))
 
     @staticmethod
     def of(answer: Answer) -> Reply:
         return Reply(answer.status, answer.content_type, answer.body)
+
+
+def _wire_headers(reply: Reply) -> tuple[tuple[bytes, bytes], ...]:
+    out: list[tuple[bytes, bytes]] = []
+    if not (reply.status < 200 or reply.status in (204, 304)):
+        out.append((b"content-length", str(len(reply.body)).encode("latin-1")))
+    content_type = reply.content_type
+    if content_type is not None:
+        if content_type.startswith("text/") and "charset=" not in content_type.lower():
+            content_type += "; charset=utf-8"
+        out.append((b"content-type", content_type.encode("latin-1")))
+    for key, value in reply.headers:
+        header = (key.lower().encode("latin-1"), value.encode("latin-1"))
+        same = [i for i, (name, _) in enumerate(out) if name == header[0]]
+        if same:  # replaced where it stood, later duplicates removed
+            out[same[0]] = header
+            out = [h for i, h in enumerate(out) if i not in same[1:]]
+        else:
+            out.append(header)
+    return tuple(out)
 
 
 RETRY_NO_RULES = Reply(503, "text/plain; charset=utf-8", b"rules not loaded yet; retry\n")
@@ -146,6 +177,7 @@ class Pipeline:
         self.certs = certs
         self.clock = clock
         self.answers = AnswerCache()
+        self._drop_replies: dict[Answer, Reply] = {}  # providers' constant drop answers
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- entry point -------------------------------------------------------------------
@@ -305,7 +337,7 @@ class Pipeline:
             answer = provider.drop_answer(event)
             if answer.telnyx_reject:
                 self._telnyx_reject(source, event)
-            return Reply.of(answer)
+            return self._drop_reply(answer)
 
         replies: list[Reply] = []
         failed = False
@@ -396,6 +428,16 @@ class Pipeline:
         return reply
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _drop_reply(self, answer: Answer) -> Reply:
+        """One ``Reply`` per distinct drop answer (providers build theirs once), so that
+        its header block is not rebuilt for every dropped event."""
+        reply = self._drop_replies.get(answer)
+        if reply is None:
+            if len(self._drop_replies) >= 256:  # bound it, should a provider vary them
+                self._drop_replies.clear()
+            reply = self._drop_replies[answer] = Reply.of(answer)
+        return reply
 
     def _forward_url(
         self, source: SourceSettings, target: Target | None, event: ParsedEvent

@@ -51,8 +51,11 @@ class ServerSettings:
 class StoreSettings:
     url: str = "sqlite:///./data/sendergate.db"
     cold_start: Literal["fail_closed", "fail_open"] = "fail_closed"
-    poll_interval_s: float = 0.25  # how often a SQLite process checks for others' writes
+    # How often the store's version is compared: for SQLite, how soon other processes'
+    # writes show; for Redis a safety net behind pub/sub (the file's default there: 1 s).
+    poll_interval_s: float = 0.25
     event_retention_days: int = 14
+    key_prefix: str = "sendergate:"  # Redis: the start of every key and channel name
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +407,7 @@ class _Table:
         if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
             raise ConfigError(self.key(name), f"must be an http:// or https:// URL, not {value!r}")
         try:
-            parts.port  # noqa: B018 - raises ValueError for a bad port
+            _ = parts.port  # raises ValueError for a port that is not a number
         except ValueError:
             raise ConfigError(self.key(name), f"has an invalid port: {value!r}") from None
         if base:
@@ -456,28 +459,55 @@ def _server(t: _Table) -> ServerSettings:
     )
 
 
+# Printable ASCII without spaces: a prefix is part of every key name that operators type
+# into redis-cli. Braces are allowed for a hash tag.
+_KEY_PREFIX = re.compile(r"[!-~]{1,64}")
+REDIS_POLL_INTERVAL_S = 1.0  # pub/sub is the fast path; polling only backs it up
+
+
 def _store(t: _Table) -> StoreSettings:
-    t.allow("url", "cold_start", "poll_interval_s", "event_retention_days")
+    t.allow("url", "cold_start", "poll_interval_s", "event_retention_days", "key_prefix")
     d = StoreSettings()
     url = t.secret("url") or d.url  # a Redis password may come from the environment
+    redis = url.startswith(("redis://", "rediss://"))
     if url.startswith("sqlite:///"):
         if not url.removeprefix("sqlite:///").strip():
             raise ConfigError(t.key("url"), "sqlite:/// needs a file path")
-    elif url.startswith(("redis://", "rediss://")):
-        if not urlsplit(url).hostname:
+    elif redis:
+        try:
+            parts = urlsplit(url)
+            host, db = parts.hostname, parts.path.strip("/")
+            _ = parts.port  # raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(t.key("url"), f"not a valid redis:// URL ({exc})") from None
+        if not host:
             raise ConfigError(t.key("url"), "a redis:// URL needs a host")
+        if db and not db.isdigit():
+            raise ConfigError(t.key("url"), f"the database must be a number, not {db!r}")
     else:
         raise ConfigError(
             t.key("url"), "must be sqlite:///PATH or redis://HOST[:PORT][/DB] (or rediss://)"
         )
+    prefix = t.opt_text("key_prefix")
+    if prefix is not None:
+        if not redis:
+            raise ConfigError(t.key("key_prefix"), "applies to redis:// stores, not sqlite")
+        if not _KEY_PREFIX.fullmatch(prefix):
+            raise ConfigError(
+                t.key("key_prefix"),
+                f"must be 1-64 printable ASCII characters without spaces, not {prefix!r}",
+            )
     return StoreSettings(
         url=url,
         cold_start=cast(
             Literal["fail_closed", "fail_open"],
             t.choice("cold_start", ("fail_closed", "fail_open"), d.cold_start),
         ),
-        poll_interval_s=t.positive("poll_interval_s", d.poll_interval_s),
+        poll_interval_s=t.positive(
+            "poll_interval_s", REDIS_POLL_INTERVAL_S if redis else d.poll_interval_s
+        ),
         event_retention_days=t.integer("event_retention_days", d.event_retention_days),
+        key_prefix=d.key_prefix if prefix is None else prefix,
     )
 
 

@@ -2,28 +2,55 @@
 
 Stores: ``store`` is an opened, empty store, once per backend in ``STORE_BACKENDS``, so
 that the contract suite (``tests/contract/store_contract.py``) runs unchanged on each.
+
+Redis: ``redis_server`` is one real redis-server for the session (tests/redis_support.py),
+started on first use; each Redis store gets its own key prefix on it, so tests never see
+each other's keys. Tests that stop or crash Redis start their own ``RedisServer``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.store import Store
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
+from tests.redis_support import RedisServer, require_redis_server
 
-# One entry per backend. The Redis backend adds
-#     pytest.param("redis", marks=pytest.mark.redis),
-# and a branch in ``_make_store`` that asks for its redis-server fixture with
-# ``request.getfixturevalue(...)`` and hands the store a fresh database.
-STORE_BACKENDS = [pytest.param("sqlite")]
+# One entry per backend.
+STORE_BACKENDS = [pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)]
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server shared by the session (skipped without the binary, except
+    under CI=true, where that fails)."""
+    binary = require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(save=False)
+
+
+def fresh_prefix() -> str:
+    """A key prefix no other test in this session uses."""
+    return f"test{next(_prefixes)}:"
 
 
 def _make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if backend == "sqlite":
         return SQLiteStore(str(tmp_path / "store" / "sendergate.db"))
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return RedisStore(server.url, key_prefix=fresh_prefix())
     raise AssertionError(f"no store fixture for backend {backend!r}")
 
 

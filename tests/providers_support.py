@@ -325,7 +325,7 @@ def vonage_sms_params(
     return {
         "msisdn": sender,
         "to": to,
-        "messageId": "0A0000000123ABCD1",
+        "messageId": "0A00" + secrets.token_hex(6).upper(),  # unique: a repeat is a retry
         "text": "Hello world & more",
         "type": "text",
         "keyword": "HELLO",

@@ -127,6 +127,28 @@ def test_an_empty_config_gives_the_documented_defaults() -> None:
     assert settings == Settings()
 
 
+def test_redis_store_settings_and_their_defaults() -> None:
+    """A Redis store gets the default key prefix and polls once a second (pub/sub is the
+    fast path); both can be set. SQLite keeps its quicker poll."""
+    redis = parse_settings({"store": {"url": "rediss://:pw@redis.example:6380/1"}}, {})
+    assert redis.store.url == "rediss://:pw@redis.example:6380/1"
+    assert (redis.store.key_prefix, redis.store.poll_interval_s) == ("sendergate:", 1.0)
+    custom = parse_settings(
+        {
+            "store": {
+                "url": "redis://127.0.0.1",
+                "key_prefix": "{acme-prod}:",
+                "poll_interval_s": 0.5,
+                "cold_start": "fail_open",
+            }
+        },
+        {},
+    )
+    assert custom.store.key_prefix == "{acme-prod}:"
+    assert (custom.store.poll_interval_s, custom.store.cold_start) == (0.5, "fail_open")
+    assert parse_settings({}, {}).store.poll_interval_s == 0.25
+
+
 def test_targets_and_rule_targets_are_normalised(tmp_path: Path) -> None:
     """Addresses, numbers (national form via default_region) and rule targets are stored
     in the canonical form the API and the rules use."""
@@ -284,6 +306,22 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("cold_start value", '[store]\ncold_start = "open"', "store.cold_start", "fail_open"),
     ("poll interval", "[store]\npoll_interval_s = 0", "store.poll_interval_s", "positive"),
     ("retention", "[store]\nevent_retention_days = 0", "store.event_retention_days", ""),
+    ("redis port", '[store]\nurl = "redis://h:port/0"', "store.url", "not a valid"),
+    ("redis database", '[store]\nurl = "redis://h:6379/zero"', "store.url", "number"),
+    (
+        "key_prefix with sqlite",
+        '[store]\nkey_prefix = "gw:"',
+        "store.key_prefix",
+        "applies to redis:// stores",
+    ),
+    (
+        "key_prefix with a space",
+        '[store]\nurl = "redis://h"\nkey_prefix = "my gw:"',
+        "store.key_prefix",
+        "printable ASCII",
+    ),
+    ("key_prefix empty", '[store]\nurl = "redis://h"\nkey_prefix = ""', "store.key_prefix", ""),
+    ("key_prefix type", '[store]\nurl = "redis://h"\nkey_prefix = 1', "store.key_prefix", ""),
     ("region", '[phone]\ndefault_region = "XX"', "phone.default_region", "unknown region"),
     ("mode", '[defaults]\nmail_filter_mode = "allow"', "defaults.mail_filter_mode", "one of"),
     ("forward timeout", "[forward]\ntimeout_s = -1", "forward.timeout_s", "positive"),

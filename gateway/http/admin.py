@@ -1,8 +1,9 @@
 """The admin REST API (SPEC §6): mailboxes, numbers, their contact rules, the org-wide
 lists, ``/v1/contact-rules`` (+ batch) and ``/v1/check``.
 
-Handlers are thin: authenticate, validate, call the store, reload the snapshot after a
-write (so that the next webhook and ``/v1/check`` see it), answer.
+Handlers are thin: authenticate, validate, call the store, record an audit entry per
+rule or target written (actor: the API key's name, ``gateway.audit``), reload the
+snapshot after a write (so that the next webhook and ``/v1/check`` see it), answer.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import normalise
+from gateway import audit, normalise
 from gateway.errors import (
     BadRequest,
     Conflict,
     DuplicateRule,
     GatewayError,
     NotFound,
+    StoreUnavailable,
     Unprocessable,
 )
 from gateway.http.auth import Principal
@@ -48,7 +50,7 @@ from gateway.models import (
     family_of_scope,
 )
 from gateway.rules import decide, redundant_rule_ids, scopes_matching
-from gateway.store.base import RuleFilter, SnapshotRule
+from gateway.store.base import NewAudit, RuleFilter, SnapshotRule
 
 # --- request shapes (also rendered into /openapi.json) ----------------------------------
 
@@ -245,7 +247,10 @@ async def _written(state: AppState) -> None:
 # --- scopes: which target (or org list) a rule path addresses ---------------------------
 
 
-async def _scope_of(request: Request, state: AppState, who: Principal) -> str:
+async def scope_of(request: Request, state: AppState, who: Principal) -> str:
+    """The scope a path addresses (``{address}``, ``{number}`` or ``org/{family}``): 404
+    for a target that does not exist, 403 for a key that may not use it (org lists are
+    admin-only). Shared by the rule and contact paths."""
     params = request.path_params
     if "address" in params:
         tid = _mailbox_id(params["address"])
@@ -334,6 +339,7 @@ def _target_routes(kind: TargetKind) -> list[BaseRoute]:
             rate_limit=body.get("rate_limit"),
         )
         created = await state.store.create_target(target)
+        await audit.record(state.store, [audit.target_change(who.name, now, None, created)])
         await _written(state)
         return json_response(target_json(created), 201)
 
@@ -363,6 +369,10 @@ def _target_routes(kind: TargetKind) -> list[BaseRoute]:
         after = await state.store.update_target(kind, tid, changes)
         if after is None:
             raise NotFound(f"no {kind} {tid}")
+        if audit.target_picture(after) != audit.target_picture(before):
+            await audit.record(
+                state.store, [audit.target_change(who.name, state.now(), before, after)]
+            )
         await _written(state)
         out = target_json(after)
         if "filter_mode" in changes and changes["filter_mode"] != before.filter_mode:
@@ -373,8 +383,16 @@ def _target_routes(kind: TargetKind) -> list[BaseRoute]:
         state, who = await _auth(request)
         tid = target_id(state, request.path_params[id_field])
         who.require_admin(f"deleting a {kind}")
-        if not await state.store.delete_target(kind, tid):
+        before = await state.store.get_target(kind, tid)
+        _, rules_deleted = await state.store.list_rules(
+            RuleFilter(scopes=(tid,)), limit=1, offset=0
+        )
+        if before is None or not await state.store.delete_target(kind, tid):
             raise NotFound(f"no {kind} {tid}")
+        entry = audit.target_change(
+            who.name, state.now(), before, None, rules_deleted=rules_deleted
+        )
+        await audit.record(state.store, [entry])
         await _written(state)
         return Response(status_code=204)
 
@@ -422,7 +440,7 @@ async def _mode_notice(state: AppState, target: Target) -> dict[str, Any]:
 
 async def list_scope_rules(request: Request) -> Response:
     state, who = await _auth(request)
-    scope = await _scope_of(request, state, who)
+    scope = await scope_of(request, state, who)
     q = validate_query(request.query_params, RULE_LIST_QUERY)
     limit, offset = _page(q)
     flt = RuleFilter(
@@ -439,18 +457,21 @@ async def list_scope_rules(request: Request) -> Response:
 
 async def create_scope_rule(request: Request) -> Response:
     state, who = await _auth(request)
-    scope = await _scope_of(request, state, who)
+    scope = await scope_of(request, state, who)
     body = validate_body(
         await read_json(request, state.settings.server.max_admin_body_bytes), RULE_CREATE
     )
     rule = await state.store.create_rule(_validate_rule(body, scope, state))
+    await audit.record(
+        state.store, [audit.rule_change(who.name, "rule.create", state.now(), None, rule)]
+    )
     await _written(state)
     return json_response(rule_json(rule), 201)
 
 
 async def get_scope_rule(request: Request) -> Response:
     state, who = await _auth(request)
-    scope = await _scope_of(request, state, who)
+    scope = await scope_of(request, state, who)
     return json_response(
         rule_json(await _rule_in_scope(state, scope, request.path_params["rule_id"]))
     )
@@ -458,7 +479,7 @@ async def get_scope_rule(request: Request) -> Response:
 
 async def patch_scope_rule(request: Request) -> Response:
     state, who = await _auth(request)
-    scope = await _scope_of(request, state, who)
+    scope = await scope_of(request, state, who)
     who.require_admin("changing a rule")
     rule = await _rule_in_scope(state, scope, request.path_params["rule_id"])
     raw = await read_json(request, state.settings.server.max_admin_body_bytes)
@@ -469,17 +490,27 @@ async def patch_scope_rule(request: Request) -> Response:
     updated = await state.store.update_rule(rule.id, changes)
     if updated is None:
         raise NotFound(f"no rule {rule.id} in {scope}")
+    if audit.rule_picture(updated) != audit.rule_picture(rule):
+        await audit.record(
+            state.store,
+            [audit.rule_change(who.name, "rule.update", state.now(), rule, updated)],
+        )
     await _written(state)
     return json_response(rule_json(updated))
 
 
 async def delete_scope_rule(request: Request) -> Response:
     state, who = await _auth(request)
-    scope = await _scope_of(request, state, who)
+    scope = await scope_of(request, state, who)
     who.require_admin("deleting a rule")
     rule = await _rule_in_scope(state, scope, request.path_params["rule_id"])
     if rule.status != "deleted":
-        await state.store.delete_rule(rule.id)
+        deleted = await state.store.delete_rule(rule.id)
+        if deleted is not None:
+            await audit.record(
+                state.store,
+                [audit.rule_change(who.name, "rule.delete", state.now(), rule, deleted)],
+            )
         await _written(state)
     return Response(status_code=204)
 
@@ -497,7 +528,7 @@ async def list_all_rules(request: Request) -> Response:
         family = "mail" if q["channel"] in ("mail", "email") else "phone"
     scopes: tuple[str, ...] | None = None
     if "scope" in q:
-        scopes = (_normalise_scope(q["scope"], state),)
+        scopes = (normalise_scope(q["scope"], state),)
     match_target = q.get("match_target")
     if match_target is not None and "match_type" in q:
         # A target that does not normalise is filtered as given: it simply matches nothing.
@@ -519,7 +550,7 @@ async def list_all_rules(request: Request) -> Response:
     )
 
 
-def _normalise_scope(raw: str, state: AppState) -> str:
+def normalise_scope(raw: str, state: AppState) -> str:
     text = raw.strip()
     if text.lower() in (ORG_MAIL, ORG_PHONE):
         return text.lower()
@@ -554,7 +585,7 @@ async def batch_rules(request: Request) -> Response:
     for index, item in enumerate(items):
         try:
             fields = validate_body(item, BATCH_RULE, where=f"rules[{index}].")
-            scope = _normalise_scope(fields["scope"], state)
+            scope = normalise_scope(fields["scope"], state)
             if scope not in (ORG_MAIL, ORG_PHONE):
                 if scope not in known:
                     kind: TargetKind = "mailbox" if "@" in scope else "number"
@@ -562,9 +593,18 @@ async def batch_rules(request: Request) -> Response:
                 if not known[scope]:
                     raise NotFound(f"no target {scope}: create it first")
             pending.append((index, _validate_rule(fields, scope, state)))
+        except StoreUnavailable:
+            raise  # the whole batch answers 503, not "refused" item by item
         except GatewayError as exc:
             results[index] = {"index": index, "status": "refused", "reason": exc.detail}
     outcomes = await state.store.create_rules([r for _, r in pending])
+    now = state.now()
+    entries: list[NewAudit] = [
+        audit.rule_change(who.name, "rule.create", now, None, o)
+        for o in outcomes
+        if isinstance(o, Rule)
+    ]
+    await audit.record(state.store, entries)
     for (index, _), outcome in zip(pending, outcomes, strict=True):
         if isinstance(outcome, DuplicateRule):
             results[index] = {

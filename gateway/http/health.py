@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.errors import StoreUnavailable
 from gateway.http.context import get_state
+from gateway.recorder import Recorder
 
 _LIVE = Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -34,6 +35,13 @@ async def readyz(request: Request) -> Response:
     if snap is None:
         checks["snapshot"] = {"status": "failing", "detail": "no rules loaded yet"}
         ready = False
+    elif state.snapshot.defaults_only:
+        checks["snapshot"] = {
+            "status": "failing",
+            "detail": "no rules loaded yet; deciding with the default modes (cold_start = "
+            "fail_open)",
+        }
+        ready = False
     else:
         age = None if state.snapshot.loaded_at is None else state.clock() - state.snapshot.loaded_at
         checks["snapshot"] = {
@@ -41,6 +49,17 @@ async def readyz(request: Request) -> Response:
             "version": snap.version,
             "rules": snap.rule_count,
             "age_s": None if age is None else round(age, 3),
+        }
+        if state.snapshot.last_error is not None:  # deciding from the last one (fail-static)
+            checks["snapshot"]["refresh_error"] = state.snapshot.last_error
+    recorder = state.extras.get("recorder")
+    if isinstance(recorder, Recorder):
+        # Informational: what waits to be written (e.g. while the store is down) and what
+        # was lost because the buffer was full. Buffering is not a reason to be unready.
+        checks["recorder"] = {
+            "status": "ok",
+            "pending": recorder.pending,
+            "overflowed": recorder.overflowed,
         }
     body = {"status": "ok" if ready else "failing", "checks": checks}
     return Response(

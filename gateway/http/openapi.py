@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.http import admin
+from gateway.http import admin, contacts, events
 from gateway.http.validate import Field
 
 
@@ -278,6 +278,111 @@ def build_openapi() -> dict[str, Any]:
             "The decision for a sender and recipient, with its explanation",
             {"200": _json(_ref("Decision"))},
             parameters=_params(admin.CHECK_QUERY),
+        ),
+    }
+    schemas["Contact"] = {
+        "type": "object",
+        "properties": {
+            "sender": {"type": "string"},
+            "scope": {"type": "string"},
+            "state": {"enum": ["blocked", "whitelisted", "muted", "unset"]},
+            "count": {"type": "integer"},
+            "delivered": {"type": "integer"},
+            "muted": {"type": "integer"},
+            "dropped": {"type": "integer"},
+            "first_seen": ts,
+            "last_seen": ts,
+            "category": nullable_str,
+            "number_type": nullable_str,
+            "region": nullable_str,
+        },
+    }
+    contact_page = {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref("Contact")},
+            "page": {"type": "integer"},
+            "per_page": {"type": "integer"},
+            "total": {"type": "integer"},
+            "total_pages": {"type": "integer"},
+        },
+    }
+    for base, params in (
+        ("/v1/mailboxes/{address}/contacts", [_path_param("address")]),
+        ("/v1/numbers/{number}/contacts", [_path_param("number")]),
+        ("/v1/org/mail/contacts", []),
+        ("/v1/org/phone/contacts", []),
+    ):
+        paths[base] = {
+            **({"parameters": params} if params else {}),
+            "get": _op(
+                "Contacts seen in this scope",
+                {"200": _json(contact_page)},
+                parameters=_params(contacts.CONTACTS_QUERY),
+            ),
+        }
+        paths[f"{base}/{{sender}}"] = {
+            "parameters": [*params, _path_param("sender")],
+            "get": _op("One contact", {"200": _json(_ref("Contact"))}),
+            "put": _op(
+                "Set the contact's state (writes, changes or removes its exact rule; admin)",
+                {"200": _json(_ref("Contact"))},
+                requestBody=_body(contacts.CONTACT_PUT),
+            ),
+        }
+    paths["/v1/contacts"] = {
+        "get": _op(
+            "Contacts across every scope (admin)",
+            {"200": _json(contact_page)},
+            parameters=_params(contacts.ALL_CONTACTS_QUERY),
+        ),
+    }
+    paths["/v1/review"] = {
+        "post": _op(
+            "Run the review policies: a dry run, or apply (admin)",
+            {"200": _json({"type": "object"})},
+            requestBody={
+                "required": False,
+                "content": {"application/json": {"schema": _object(contacts.REVIEW_BODY)}},
+            },
+        ),
+    }
+    paths["/v1/audit"] = {
+        "get": _op(
+            "Who changed which rule or target, newest first (admin)",
+            {"200": _json({"type": "object"})},
+            parameters=_params(contacts.AUDIT_QUERY),
+        ),
+    }
+    event_list = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"type": "object"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+    paths["/v1/events"] = {
+        "get": _op(
+            "Events and quarantine, newest first",
+            {"200": _json(event_list)},
+            parameters=_params(events.EVENTS_QUERY),
+        ),
+    }
+    paths["/v1/events/{event_id}"] = {
+        "parameters": [_path_param("event_id")],
+        "get": _op("One event with its body and headers", {"200": _json({"type": "object"})}),
+    }
+    paths["/v1/events/{event_id}/release"] = {
+        "parameters": [_path_param("event_id")],
+        "post": _op(
+            "Forward a quarantined event to its application now (admin)",
+            {
+                "200": _json({"type": "object"}),
+                "502": {
+                    "description": "the application did not accept it",
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                },
+            },
         ),
     }
     return {

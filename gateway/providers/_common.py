@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry
 from email.parser import HeaderParser
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, unquote_to_bytes, urlsplit
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.errors import BadRequest, ConfigError, UnsupportedMediaType
 from gateway.settings import SourceSettings
 
-MAX_FORM_FIELDS = 10_000  # far above any provider's payload; bounds parse_qsl's work
+MAX_FORM_FIELDS = 10_000  # far above any provider's payload; bounds the parser's work
 
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -137,18 +137,39 @@ def parse_urlencoded(data: bytes | str, *, what: str = "form body") -> Form:
     """``k=v&k=v`` (body or query string) → ``Form``; values must be UTF-8."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        pairs = parse_qsl(
-            text,
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
-        )
+        pairs = _parse_qsl(text)
     except UnicodeError:
         raise BadRequest(f"{what} is not valid UTF-8") from None
     except ValueError as exc:  # too many fields
         raise BadRequest(f"{what} cannot be parsed: {exc}") from None
     return Form(pairs)
+
+
+def _parse_qsl(text: str) -> list[tuple[str, str]]:
+    """``parse_qsl(text, keep_blank_values=True, errors="strict",
+    max_num_fields=MAX_FORM_FIELDS)``, the same pairs and errors, in about half the time
+    on provider payloads (it is on every form webhook's path): a name or value without
+    ``%`` is kept as it is, one with escapes is unquoted in a single step, which gives
+    what ``unquote`` gives because the text is already valid UTF-8."""
+    if not text:
+        return []
+    if text.count("&") + 1 > MAX_FORM_FIELDS:
+        raise ValueError("Max number of fields exceeded")
+    pairs: list[tuple[str, str]] = []
+    for piece in text.split("&"):
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote_to_bytes(name).decode("utf-8")
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = unquote_to_bytes(value).decode("utf-8")
+        pairs.append((name, value))
+    return pairs
 
 
 def parse_multipart(body: bytes, content_type: str) -> Form:

@@ -16,6 +16,7 @@ CallSid/MessageSid dedupe is the replay guard.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -66,14 +67,10 @@ def twilio_signature(
 def _signing_string(url: str, params: list[tuple[str, str]] | None, *, dedupe: bool = True) -> str:
     if not params:
         return url
-    grouped: dict[str, list[str]] = {}
-    for key, value in params:
-        grouped.setdefault(key, []).append(value)
-    parts = [url]
-    for key in sorted(grouped):
-        values = set(grouped[key]) if dedupe else grouped[key]
-        parts.extend(key + value for value in sorted(values))
-    return "".join(parts)
+    # Sorting the (key, value) pairs orders keys, then each key's values: the SDK's
+    # order; a set first collapses identical pairs as the SDK does.
+    pairs = sorted(set(params)) if dedupe else sorted(params)
+    return url + "".join([key + value for key, value in pairs])
 
 
 def _digest(key: bytes, text: str, sha256: bool) -> bytes:
@@ -97,6 +94,11 @@ def url_variants(url: str) -> list[str]:
         default = 443 if parts.scheme == "https" else 80
         variants += [parts.geturl(), parts._replace(netloc=f"{netloc}:{default}").geturl()]
     return list(dict.fromkeys(variants))
+
+
+@functools.lru_cache(maxsize=256)
+def _url_variants(url: str) -> tuple[str, ...]:
+    return tuple(url_variants(url))  # a source's public URL rarely changes: parse it once
 
 
 class TwilioProvider:
@@ -156,12 +158,13 @@ class TwilioProvider:
             raise InvalidSignature("X-Twilio-Signature is not base64")
         if is_json:
             self._verify_body_hash(req)
-        strings = [_signing_string(u, params) for u in url_variants(req.public_url)]
+        urls = _url_variants(req.public_url)
+        signed = _signing_string("", params)  # the same for every URL variant
+        strings = [u + signed for u in urls]
         if _has_duplicate_pairs(params):
             # The SDK collapses repeated identical pairs; accept the plain form too.
-            strings += [
-                _signing_string(u, params, dedupe=False) for u in url_variants(req.public_url)
-            ]
+            signed = _signing_string("", params, dedupe=False)
+            strings += [u + signed for u in urls]
         expected = [_digest(self._token, s, sha256) for s in strings]
         if not any_signature_matches(given, expected):
             raise InvalidSignature(

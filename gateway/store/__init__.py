@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
 from gateway.store.base import EventFilter, EventRecord, RuleFilter, SnapshotRule, Store
 
-__all__ = ["EventFilter", "EventRecord", "RuleFilter", "SnapshotRule", "Store", "open_store"]
+__all__ = [
+    "EventFilter",
+    "EventRecord",
+    "PushesInvalidations",
+    "RuleFilter",
+    "SnapshotRule",
+    "Store",
+    "open_store",
+]
 
 
-def open_store(url: str) -> Store:
-    """Build (not yet open) the store for a ``[store] url``."""
+@runtime_checkable
+class PushesInvalidations(Protocol):
+    """A store that tells its processes about writes (Redis pub/sub), beside polling."""
+
+    async def listen(self, on_change: Callable[[int | None], None]) -> None:
+        """Run until cancelled: ``on_change(version)`` per write anywhere, and
+        ``on_change(None)`` whenever a change may have been missed (after each
+        (re)connection), for the caller to compare versions."""
+
+
+def open_store(url: str, *, key_prefix: str = "sendergate:") -> Store:
+    """Build (not yet open) the store for a ``[store] url``; ``key_prefix`` is the Redis
+    store's ``[store] key_prefix``."""
     if url.startswith("sqlite:///"):
         from gateway.store.sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
     if url.startswith(("redis://", "rediss://")):
-        raise ValueError("the Redis store is not built yet (see the Redis store issue)")
-    raise ValueError(f"unsupported store url {url!r}: use sqlite:///PATH or redis://")
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(url, key_prefix=key_prefix)
+    raise ValueError("unsupported store url: use sqlite:///PATH or redis://")

@@ -4,7 +4,8 @@ Every backend passes the same contract suite (``tests/contract/``). Rules:
 
 * Every write of a target or a rule bumps ``version()`` in the same transaction, so that
   a replica or worker that polls (SQLite) or is told (Redis) can reload its snapshot.
-  Counter updates (rule hits, contacts) and events do not bump the version.
+  Counter updates (rule hits, contacts), contact categories, audit entries and events do
+  not bump the version.
 * Timestamps are timezone-aware UTC datetimes.
 * A backend that cannot reach its storage raises ``StoreUnavailable``; ``DuplicateRule``
   carries the id of the rule that holds the slot; a missing row is ``None`` / ``False``,
@@ -16,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.errors import DuplicateRule
 from gateway.models import (
     Action,
     Channel,
+    Family,
     MatchType,
     Mode,
     NewRule,
@@ -99,6 +101,112 @@ class EventFilter:
     sender: str | None = None
     outcome: str | None = None
     since: datetime | None = None
+
+
+# --- contacts and audit -------------------------------------------------------------------
+
+ContactState = Literal["blocked", "whitelisted", "muted", "unset"]
+ContactSort = Literal["count", "last_seen", "first_seen"]
+CONTACT_STATES: tuple[ContactState, ...] = ("blocked", "whitelisted", "muted", "unset")
+CONTACT_SORTS: tuple[ContactSort, ...] = ("count", "last_seen", "first_seen")
+# A contact's state is the action of its exact rule (SPEC §7).
+STATE_OF_ACTION: dict[Action, ContactState] = {
+    "block": "blocked",
+    "allow": "whitelisted",
+    "mute": "muted",
+}
+ACTION_OF_STATE: dict[ContactState, Action] = {v: k for k, v in STATE_OF_ACTION.items()}
+
+
+def exact_match_type(sender: str, family: Family) -> MatchType:
+    """The match_type of the rule that matches exactly this normalised sender: ``invalid``
+    and ``anonymous`` for those words, else ``exact_email`` (mail) or ``exact_number``
+    (phone numbers and tokens). A store joins contacts to rules with it."""
+    if family == "mail":
+        return "invalid" if sender == "invalid" else "exact_email"
+    return "anonymous" if sender == "anonymous" else "exact_number"
+
+
+@dataclass(frozen=True, slots=True)
+class ContactDelta:
+    """Counts to add to one contact (a scope and a normalised sender), as aggregated in
+    memory between flushes (``gateway.contacts.ContactTracker``).
+
+    ``count`` is the total (delivered + muted + dropped). ``number_type`` / ``region``
+    (phones only) replace the stored ones when ``number_type`` is given."""
+
+    scope: str
+    sender: str
+    family: Family
+    count: int
+    delivered: int
+    muted: int
+    dropped: int
+    first_seen: datetime
+    last_seen: datetime
+    number_type: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A (scope, normalised sender) pair seen in traffic (SPEC §6, §7).
+
+    ``rule_id`` is the non-deleted exact rule of this sender in this scope (the one that
+    holds the slot: active, paused or expired), or ``None``. ``state`` is that rule's
+    action when the rule is in force (active and not expired), else ``unset``."""
+
+    scope: str
+    sender: str
+    family: Family
+    state: ContactState
+    rule_id: int | None
+    count: int
+    delivered: int
+    muted: int
+    dropped: int
+    first_seen: datetime
+    last_seen: datetime
+    category: str | None = None
+    number_type: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFilter:
+    """Filters for listing contacts; ``None`` means "any". ``scopes`` restricts to a set
+    of scope strings (an empty tuple lists nothing)."""
+
+    scopes: tuple[str, ...] | None = None
+    family: Family | None = None
+    state: ContactState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAudit:
+    """One change to record: who (``actor``: an API key name, ``config``,
+    ``review:POLICY``) did what (``action`` such as ``rule.create``, ``target.update``)
+    to which scope and rule, with JSON-ready pictures of before and after."""
+
+    at: datetime
+    actor: str
+    action: str
+    scope: str | None = None
+    rule_id: int | None = None
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    scope: str | None
+    rule_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
 
 
 class Store(Protocol):
@@ -184,3 +292,38 @@ class Store(Protocol):
 
     async def purge_events(self, before: datetime) -> int:
         """Delete events received before ``before``; return how many."""
+
+    # --- contacts --------------------------------------------------------------------
+    async def add_contacts(self, deltas: Sequence[ContactDelta]) -> None:
+        """Upsert contacts in one transaction: add the counts, keep the earliest
+        ``first_seen`` and the latest ``last_seen`` (flushes from several workers may
+        arrive out of order), set ``number_type`` and ``region`` when ``number_type`` is
+        given. A new contact starts with no category."""
+
+    async def list_contacts(
+        self,
+        flt: ContactFilter,
+        *,
+        sort: ContactSort = "count",
+        descending: bool = True,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[Contact], int]:
+        """One page sorted by ``sort`` (ties by scope, then sender, ascending), and the
+        total that matches ``flt``."""
+
+    async def get_contact(self, scope: str, sender: str) -> Contact | None: ...
+    async def set_contact_category(
+        self, scope: str, sender: str, category: str | None
+    ) -> Contact | None:
+        """Set (or clear, with ``None``) the contact's category; None if unknown."""
+
+    # --- audit -------------------------------------------------------------------------
+    async def add_audit(self, entries: Sequence[NewAudit]) -> None:
+        """Append audit entries in one transaction; each gets a new, growing id."""
+
+    async def list_audit(
+        self, *, scope: str | None = None, actor: str | None = None, limit: int, offset: int
+    ) -> tuple[list[AuditEntry], int]:
+        """Newest first (``at``, then id, descending), optionally only one scope or one
+        actor. Returns (page, total)."""

@@ -14,8 +14,9 @@ from version n to n + 1. Add a step at the end for a schema change; never edit o
 has shipped.
 
 SQL text is assembled only from this module's constant column lists, column names
-checked against ``_TARGET_FIELDS`` / ``_RULE_FIELDS``, and ``?`` placeholders; every value
-is bound. That is why the ``S608`` (string-built SQL) warnings are silenced line by line.
+checked against ``_TARGET_FIELDS`` / ``_RULE_FIELDS`` / ``_CONTACT_SORT_COLUMNS``, and
+``?`` / ``:name`` placeholders; every value is bound. That is why the ``S608``
+(string-built SQL) warnings are silenced line by line.
 """
 
 from __future__ import annotations
@@ -36,7 +37,19 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from gateway.errors import BadRequest, Conflict, DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Rule, Target, TargetKind
-from gateway.store.base import EventFilter, EventRecord, RuleFilter, SnapshotRule
+from gateway.store.base import (
+    AuditEntry,
+    Contact,
+    ContactDelta,
+    ContactFilter,
+    ContactSort,
+    EventFilter,
+    EventRecord,
+    NewAudit,
+    RuleFilter,
+    SnapshotRule,
+    exact_match_type,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -130,6 +143,46 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX events_verdict ON events (verdict, received_at, id)",
         "CREATE INDEX events_recipient ON events (recipient, received_at, id)",
         "CREATE INDEX events_sender ON events (sender, received_at, id)",
+    ),
+    # 1 → 2: contacts and the audit log (issue 5).
+    (
+        # match_type is the exact rule type for this sender (store.base.exact_match_type),
+        # kept on the row so that the join to a contact's exact rule is an index lookup.
+        """CREATE TABLE contacts (
+            scope TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            family TEXT NOT NULL,
+            match_type TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            delivered INTEGER NOT NULL,
+            muted INTEGER NOT NULL,
+            dropped INTEGER NOT NULL,
+            first_seen INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            category TEXT,
+            number_type TEXT,
+            region TEXT,
+            PRIMARY KEY (scope, sender)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX contacts_scope_count ON contacts (scope, count, sender)",
+        "CREATE INDEX contacts_scope_last ON contacts (scope, last_seen, sender)",
+        "CREATE INDEX contacts_scope_first ON contacts (scope, first_seen, sender)",
+        "CREATE INDEX contacts_count ON contacts (count, scope, sender)",
+        "CREATE INDEX contacts_last ON contacts (last_seen, scope, sender)",
+        "CREATE INDEX contacts_first ON contacts (first_seen, scope, sender)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            scope TEXT,
+            rule_id INTEGER,
+            before TEXT,
+            after TEXT
+        )""",
+        "CREATE INDEX audit_at ON audit (at, id)",
+        "CREATE INDEX audit_scope ON audit (scope, at, id)",
+        "CREATE INDEX audit_actor ON audit (actor, at, id)",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -780,6 +833,216 @@ def _purge_events(conn: sqlite3.Connection, before: datetime) -> int:
     return int(cursor.rowcount)
 
 
+# --- contacts --------------------------------------------------------------------------------
+
+# The contact joined to the rule that holds its exact slot (at most one non-deleted rule
+# per slot: the rules_slot index), with the state that rule gives when it is in force.
+_CONTACT_STATE: Final = (
+    "CASE WHEN r.status = 'active' AND (r.expires_at IS NULL OR r.expires_at > :now)"
+    " THEN CASE r.action WHEN 'block' THEN 'blocked' WHEN 'allow' THEN 'whitelisted'"
+    " ELSE 'muted' END ELSE 'unset' END"
+)
+_CONTACT_FROM: Final = (
+    "contacts AS c LEFT JOIN rules AS r ON r.scope = c.scope"
+    " AND r.match_type = c.match_type AND r.match_target = c.sender AND r.status != 'deleted'"
+)
+_CONTACT_COLUMNS: Final = (
+    f"c.scope, c.sender, c.family, {_CONTACT_STATE}, r.id, c.count, c.delivered, c.muted,"
+    " c.dropped, c.first_seen, c.last_seen, c.category, c.number_type, c.region"
+)
+_CONTACT_SORT_COLUMNS: Final[dict[str, str]] = {
+    "count": "c.count",
+    "last_seen": "c.last_seen",
+    "first_seen": "c.first_seen",
+}
+
+
+def _contact_from_row(row: Any) -> Contact:
+    return Contact(
+        scope=row[0],
+        sender=row[1],
+        family=row[2],
+        state=row[3],
+        rule_id=row[4],
+        count=row[5],
+        delivered=row[6],
+        muted=row[7],
+        dropped=row[8],
+        first_seen=_from_us(row[9]),
+        last_seen=_from_us(row[10]),
+        category=row[11],
+        number_type=row[12],
+        region=row[13],
+    )
+
+
+def _add_contacts(conn: sqlite3.Connection, deltas: Sequence[ContactDelta]) -> None:
+    if not deltas:
+        return
+    rows = [
+        (
+            d.scope,
+            d.sender,
+            d.family,
+            exact_match_type(d.sender, d.family),
+            d.count,
+            d.delivered,
+            d.muted,
+            d.dropped,
+            _to_us(d.first_seen),
+            _to_us(d.last_seen),
+            d.number_type,
+            d.region,
+        )
+        for d in deltas
+    ]
+    with _transaction(conn, write=True):
+        conn.executemany(
+            "INSERT INTO contacts (scope, sender, family, match_type, count, delivered, muted,"
+            " dropped, first_seen, last_seen, category, number_type, region)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+            " ON CONFLICT (scope, sender) DO UPDATE SET"
+            " count = count + excluded.count,"
+            " delivered = delivered + excluded.delivered,"
+            " muted = muted + excluded.muted,"
+            " dropped = dropped + excluded.dropped,"
+            " first_seen = min(first_seen, excluded.first_seen),"
+            " last_seen = max(last_seen, excluded.last_seen),"
+            " region = CASE WHEN excluded.number_type IS NULL THEN region"
+            " ELSE excluded.region END,"
+            " number_type = coalesce(excluded.number_type, number_type)",
+            rows,
+        )
+
+
+def _contact_where(flt: ContactFilter) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if flt.scopes is not None:
+        names = [f":scope{i}" for i in range(len(flt.scopes))]
+        clauses.append(f"c.scope IN ({', '.join(names)})")
+        params.update({name[1:]: scope for name, scope in zip(names, flt.scopes, strict=True)})
+    if flt.family is not None:
+        clauses.append("c.family = :family")
+        params["family"] = flt.family
+    if flt.state is not None:
+        clauses.append(f"({_CONTACT_STATE}) = :state")
+        params["state"] = flt.state
+    return " AND ".join(clauses) or "1", params
+
+
+def _list_contacts(
+    conn: sqlite3.Connection,
+    flt: ContactFilter,
+    sort: ContactSort,
+    descending: bool,
+    limit: int,
+    offset: int,
+    now: datetime,
+) -> tuple[list[Contact], int]:
+    where, params = _contact_where(flt)
+    params["now"] = _to_us(now)
+    column = _CONTACT_SORT_COLUMNS[sort]
+    order = "DESC" if descending else "ASC"
+    with _transaction(conn, write=False):
+        total = conn.execute(
+            f"SELECT count(*) FROM {_CONTACT_FROM} WHERE {where}",  # noqa: S608
+            params,
+        ).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT {_CONTACT_COLUMNS} FROM {_CONTACT_FROM} WHERE {where}"  # noqa: S608
+            f" ORDER BY {column} {order}, c.scope, c.sender LIMIT :limit OFFSET :offset",
+            {**params, "limit": limit, "offset": offset},
+        ).fetchall()
+    return [_contact_from_row(row) for row in rows], int(total)
+
+
+def _get_contact(
+    conn: sqlite3.Connection, scope: str, sender: str, now: datetime
+) -> Contact | None:
+    row = conn.execute(
+        f"SELECT {_CONTACT_COLUMNS} FROM {_CONTACT_FROM}"  # noqa: S608
+        " WHERE c.scope = :scope AND c.sender = :sender",
+        {"scope": scope, "sender": sender, "now": _to_us(now)},
+    ).fetchone()
+    return None if row is None else _contact_from_row(row)
+
+
+def _set_contact_category(
+    conn: sqlite3.Connection, scope: str, sender: str, category: str | None, now: datetime
+) -> Contact | None:
+    with _transaction(conn, write=True):
+        cursor = conn.execute(
+            "UPDATE contacts SET category = ? WHERE scope = ? AND sender = ?",
+            (category, scope, sender),
+        )
+        if cursor.rowcount == 0:
+            return None
+        return _get_contact(conn, scope, sender, now)
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value), separators=(",", ":"))
+
+
+def _add_audit(conn: sqlite3.Connection, entries: Sequence[NewAudit]) -> None:
+    if not entries:
+        return
+    rows = [
+        (
+            _to_us(e.at),
+            e.actor,
+            e.action,
+            e.scope,
+            e.rule_id,
+            _json_or_none(e.before),
+            _json_or_none(e.after),
+        )
+        for e in entries
+    ]
+    with _transaction(conn, write=True):
+        conn.executemany(
+            "INSERT INTO audit (at, actor, action, scope, rule_id, before, after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def _list_audit(
+    conn: sqlite3.Connection, scope: str | None, actor: str | None, limit: int, offset: int
+) -> tuple[list[AuditEntry], int]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("scope", scope), ("actor", actor)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = " AND ".join(clauses) or "1"
+    with _transaction(conn, write=False):
+        total = conn.execute(f"SELECT count(*) FROM audit WHERE {where}", params).fetchone()[0]  # noqa: S608
+        rows = conn.execute(
+            "SELECT id, at, actor, action, scope, rule_id, before, after"  # noqa: S608
+            f" FROM audit WHERE {where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+    return [
+        AuditEntry(
+            id=row[0],
+            at=_from_us(row[1]),
+            actor=row[2],
+            action=row[3],
+            scope=row[4],
+            rule_id=row[5],
+            before=None if row[6] is None else json.loads(row[6]),
+            after=None if row[7] is None else json.loads(row[7]),
+        )
+        for row in rows
+    ], int(total)
+
+
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -944,6 +1207,44 @@ class SQLiteStore:
 
     async def purge_events(self, before: datetime) -> int:
         return await self._run(_purge_events, before)
+
+    # --- contacts --------------------------------------------------------------------
+
+    async def add_contacts(self, deltas: Sequence[ContactDelta]) -> None:
+        await self._run(_add_contacts, list(deltas))
+
+    async def list_contacts(
+        self,
+        flt: ContactFilter,
+        *,
+        sort: ContactSort = "count",
+        descending: bool = True,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[Contact], int]:
+        if flt.scopes is not None and not flt.scopes:
+            return [], 0
+        if sort not in _CONTACT_SORT_COLUMNS:
+            raise ValueError(f"cannot sort contacts by {sort!r}")
+        return await self._run(_list_contacts, flt, sort, descending, limit, offset, self._clock())
+
+    async def get_contact(self, scope: str, sender: str) -> Contact | None:
+        return await self._run(_get_contact, scope, sender, self._clock())
+
+    async def set_contact_category(
+        self, scope: str, sender: str, category: str | None
+    ) -> Contact | None:
+        return await self._run(_set_contact_category, scope, sender, category, self._clock())
+
+    # --- audit -------------------------------------------------------------------------
+
+    async def add_audit(self, entries: Sequence[NewAudit]) -> None:
+        await self._run(_add_audit, list(entries))
+
+    async def list_audit(
+        self, *, scope: str | None = None, actor: str | None = None, limit: int, offset: int
+    ) -> tuple[list[AuditEntry], int]:
+        return await self._run(_list_audit, scope, actor, limit, offset)
 
 
 def _check_fields(changes: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:

@@ -20,6 +20,7 @@ from gateway.models import (
     ORG_MAIL,
     ORG_PHONE,
     Action,
+    Family,
     MatchType,
     NewRule,
     Rule,
@@ -27,7 +28,17 @@ from gateway.models import (
     Target,
     TargetKind,
 )
-from gateway.store.base import EventFilter, EventRecord, RuleFilter, Store
+from gateway.store.base import (
+    Contact,
+    ContactDelta,
+    ContactFilter,
+    ContactSort,
+    EventFilter,
+    EventRecord,
+    NewAudit,
+    RuleFilter,
+    Store,
+)
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 MAILBOX = "support@acme.example"
@@ -725,3 +736,353 @@ async def test_datetimes_round_trip_as_aware_utc(store: Store) -> None:
     assert event is not None and event.received_at == local
     assert _is_aware_utc(event.received_at)
     assert event.received_at.microsecond == local.microsecond
+
+
+# --- contacts ------------------------------------------------------------------------------
+
+
+def _delta(
+    sender: str,
+    scope: str = MAILBOX,
+    *,
+    family: Family | None = None,
+    at: datetime = T0,
+    delivered: int = 1,
+    muted: int = 0,
+    dropped: int = 0,
+    last: datetime | None = None,
+    number_type: str | None = None,
+    region: str | None = None,
+) -> ContactDelta:
+    return ContactDelta(
+        scope=scope,
+        sender=sender,
+        family=family or ("mail" if "@" in scope or scope == ORG_MAIL else "phone"),
+        count=delivered + muted + dropped,
+        delivered=delivered,
+        muted=muted,
+        dropped=dropped,
+        first_seen=at,
+        last_seen=last or at,
+        number_type=number_type,
+        region=region,
+    )
+
+
+async def _contact(store: Store, scope: str, sender: str) -> Contact:
+    found = await store.get_contact(scope, sender)
+    assert found is not None, (scope, sender)
+    return found
+
+
+async def test_add_contacts_creates_a_contact_with_every_field(store: Store) -> None:
+    """A first delta creates the contact as given: counts, times, phone details, no
+    category, state unset and no rule."""
+    later = T0 + timedelta(hours=2)
+    await store.add_contacts(
+        [
+            _delta("bob@spam.example", delivered=2, muted=1, dropped=3, last=later),
+            _delta("+14155550123", NUMBER, number_type="mobile", region="US"),
+        ]
+    )
+    assert await _contact(store, MAILBOX, "bob@spam.example") == Contact(
+        scope=MAILBOX,
+        sender="bob@spam.example",
+        family="mail",
+        state="unset",
+        rule_id=None,
+        count=6,
+        delivered=2,
+        muted=1,
+        dropped=3,
+        first_seen=T0,
+        last_seen=later,
+    )
+    phone = await _contact(store, NUMBER, "+14155550123")
+    assert (phone.family, phone.number_type, phone.region) == ("phone", "mobile", "US")
+    assert _is_aware_utc(phone.first_seen) and _is_aware_utc(phone.last_seen)
+
+
+async def test_add_contacts_adds_counts_and_widens_the_seen_window(store: Store) -> None:
+    """Later deltas add their counts, keep the earliest first_seen and the latest
+    last_seen whatever order they arrive in, and leave the category alone."""
+    early, late = T0 - timedelta(days=3), T0 + timedelta(days=3)
+    await store.add_contacts([_delta("bob@spam.example", delivered=1)])
+    await store.set_contact_category(MAILBOX, "bob@spam.example", "vendor")
+    await store.add_contacts([_delta("bob@spam.example", at=late, delivered=0, dropped=2)])
+    await store.add_contacts([_delta("bob@spam.example", at=early, delivered=0, muted=4)])
+    c = await _contact(store, MAILBOX, "bob@spam.example")
+    assert (c.count, c.delivered, c.muted, c.dropped) == (7, 1, 4, 2)
+    assert (c.first_seen, c.last_seen) == (early, late)
+    assert c.category == "vendor"
+
+
+async def test_add_contacts_sets_phone_details_only_when_given(store: Store) -> None:
+    """number_type and region are replaced when a delta gives a number_type (a
+    non-geographic number has no region), and kept when it gives none."""
+    await store.add_contacts([_delta("+14155550123", NUMBER, number_type="mobile", region="US")])
+    await store.add_contacts([_delta("+14155550123", NUMBER)])
+    c = await _contact(store, NUMBER, "+14155550123")
+    assert (c.number_type, c.region) == ("mobile", "US")
+    await store.add_contacts([_delta("+14155550123", NUMBER, number_type="voip")])
+    c = await _contact(store, NUMBER, "+14155550123")
+    assert (c.number_type, c.region) == ("voip", None)
+
+
+async def test_add_contacts_batches_several_scopes_and_senders(store: Store) -> None:
+    """One batch may hold many contacts; the same sender in two scopes is two contacts."""
+    await store.add_contacts(
+        [_delta(f"u{i}@spam.example") for i in range(30)]
+        + [_delta("u0@spam.example", ORG_MAIL, dropped=1, delivered=0)]
+    )
+    _, total = await store.list_contacts(ContactFilter(), limit=1, offset=0)
+    assert total == 31
+    org = await _contact(store, ORG_MAIL, "u0@spam.example")
+    assert (org.count, org.dropped) == (1, 1)
+    await store.add_contacts([])
+
+
+async def test_get_contact_unknown_is_none(store: Store) -> None:
+    """A sender never counted in a scope is None there, even if it was counted elsewhere."""
+    await store.add_contacts([_delta("bob@spam.example")])
+    assert await store.get_contact(MAILBOX, "alice@spam.example") is None
+    assert await store.get_contact(ORG_MAIL, "bob@spam.example") is None
+
+
+async def test_set_contact_category_sets_and_clears(store: Store) -> None:
+    """set_contact_category sets a label, None clears it, and an unknown contact is None."""
+    await store.add_contacts([_delta("bob@spam.example")])
+    tagged = await store.set_contact_category(MAILBOX, "bob@spam.example", "newsletter")
+    assert tagged is not None and tagged.category == "newsletter"
+    assert (await _contact(store, MAILBOX, "bob@spam.example")).category == "newsletter"
+    cleared = await store.set_contact_category(MAILBOX, "bob@spam.example", None)
+    assert cleared is not None and cleared.category is None
+    assert await store.set_contact_category(MAILBOX, "nobody@spam.example", "x") is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "scope", "match_type", "match_target"),
+    [
+        ("bob@spam.example", MAILBOX, "exact_email", "bob@spam.example"),
+        ("invalid", MAILBOX, "invalid", "invalid"),
+        ("+14155550123", NUMBER, "exact_number", "+14155550123"),
+        ("client:alice", NUMBER, "exact_number", "client:alice"),
+        ("anonymous", ORG_PHONE, "anonymous", "anonymous"),
+    ],
+    ids=["email", "invalid", "number", "token", "anonymous"],
+)
+async def test_contact_state_is_its_exact_rule(
+    store: Store, sender: str, scope: str, match_type: MatchType, match_target: str
+) -> None:
+    """A contact's state and rule_id come from the active exact rule for that sender in
+    that scope: block → blocked, allow → whitelisted, mute → muted."""
+    await store.add_contacts([_delta(sender, scope)])
+    rule = await store.create_rule(
+        _rule(match_target, scope=scope, match_type=match_type, action="allow")
+    )
+    c = await _contact(store, scope, sender)
+    assert (c.state, c.rule_id) == ("whitelisted", rule.id)
+    await store.update_rule(rule.id, {"action": "block"})
+    assert (await _contact(store, scope, sender)).state == "blocked"
+    await store.update_rule(rule.id, {"action": "mute"})
+    assert (await _contact(store, scope, sender)).state == "muted"
+
+
+async def test_contact_state_ignores_other_rules(store: Store) -> None:
+    """Only the exact rule in the contact's own scope counts: a domain rule, an exact rule
+    in another scope, or an exact rule for another sender leaves the contact unset."""
+    await store.add_contacts([_delta("bob@spam.example")])
+    await store.create_rule(_rule("spam.example", scope=MAILBOX))
+    await store.create_rule(_rule("bob@spam.example", match_type="exact_email"))
+    await store.create_rule(_rule("alice@spam.example", scope=MAILBOX, match_type="exact_email"))
+    c = await _contact(store, MAILBOX, "bob@spam.example")
+    assert (c.state, c.rule_id) == ("unset", None)
+
+
+async def test_contact_state_of_a_rule_not_in_force(store: Store) -> None:
+    """A paused or expired exact rule still holds the slot (rule_id) but the contact's
+    state is unset; a deleted rule is no rule at all."""
+    await store.add_contacts([_delta("bob@spam.example")])
+    rule = await store.create_rule(
+        _rule("bob@spam.example", scope=MAILBOX, match_type="exact_email", status="paused")
+    )
+    c = await _contact(store, MAILBOX, "bob@spam.example")
+    assert (c.state, c.rule_id) == ("unset", rule.id)
+    past = datetime(2020, 1, 1, tzinfo=UTC)
+    await store.update_rule(rule.id, {"status": "active", "expires_at": past})
+    c = await _contact(store, MAILBOX, "bob@spam.example")
+    assert (c.state, c.rule_id) == ("unset", rule.id)
+    future = datetime.now(UTC) + timedelta(days=1)
+    await store.update_rule(rule.id, {"expires_at": future})
+    assert (await _contact(store, MAILBOX, "bob@spam.example")).state == "blocked"
+    await store.delete_rule(rule.id)
+    c = await _contact(store, MAILBOX, "bob@spam.example")
+    assert (c.state, c.rule_id) == ("unset", None)
+
+
+async def _seed_contacts(store: Store) -> None:
+    await store.add_contacts(
+        [
+            _delta("a@x.example", at=T0 + timedelta(days=1), delivered=5),
+            _delta("b@x.example", at=T0 + timedelta(days=3), delivered=1),
+            _delta("c@x.example", at=T0 + timedelta(days=2), delivered=9),
+            _delta("d@x.example", ORG_MAIL, at=T0, delivered=3),
+            _delta("+14155550123", NUMBER, at=T0 + timedelta(days=4), delivered=7),
+        ]
+    )
+    await store.create_rule(_rule("a@x.example", scope=MAILBOX, match_type="exact_email"))
+    await store.create_rule(
+        _rule("+14155550123", scope=NUMBER, match_type="exact_number", action="allow")
+    )
+
+
+_CONTACT_SORTS: list[tuple[str, ContactSort, bool, list[str]]] = [
+    ("count-desc", "count", True, ["c", "+1", "a", "d", "b"]),
+    ("count-asc", "count", False, ["b", "d", "a", "+1", "c"]),
+    ("last-desc", "last_seen", True, ["+1", "b", "c", "a", "d"]),
+    ("first-asc", "first_seen", False, ["d", "a", "c", "b", "+1"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("sort", "descending", "expected"),
+    [c[1:] for c in _CONTACT_SORTS],
+    ids=[c[0] for c in _CONTACT_SORTS],
+)
+async def test_list_contacts_sorts(
+    store: Store, sort: ContactSort, descending: bool, expected: list[str]
+) -> None:
+    """list_contacts sorts by count, last_seen or first_seen, either way, with the total."""
+    await _seed_contacts(store)
+    page, total = await store.list_contacts(
+        ContactFilter(), sort=sort, descending=descending, limit=50, offset=0
+    )
+    assert [c.sender[:2] if c.sender.startswith("+") else c.sender[0] for c in page] == expected
+    assert total == 5
+
+
+_CONTACT_FILTERS: list[tuple[str, ContactFilter, list[str]]] = [
+    ("scope", ContactFilter(scopes=(MAILBOX,)), ["a@x.example", "b@x.example", "c@x.example"]),
+    ("scopes", ContactFilter(scopes=(ORG_MAIL, NUMBER)), ["+14155550123", "d@x.example"]),
+    ("no-scopes", ContactFilter(scopes=()), []),
+    ("family", ContactFilter(family="phone"), ["+14155550123"]),
+    ("blocked", ContactFilter(state="blocked"), ["a@x.example"]),
+    ("whitelisted", ContactFilter(state="whitelisted"), ["+14155550123"]),
+    ("muted", ContactFilter(state="muted"), []),
+    (
+        "unset-in-scope",
+        ContactFilter(scopes=(MAILBOX,), state="unset"),
+        ["b@x.example", "c@x.example"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("flt", "expected"), [c[1:] for c in _CONTACT_FILTERS], ids=[c[0] for c in _CONTACT_FILTERS]
+)
+async def test_list_contacts_filters(store: Store, flt: ContactFilter, expected: list[str]) -> None:
+    """Each ContactFilter field narrows the listing and its total."""
+    await _seed_contacts(store)
+    page, total = await store.list_contacts(flt, limit=50, offset=0)
+    assert sorted(c.sender for c in page) == expected
+    assert total == len(expected)
+
+
+async def test_list_contacts_pages_ties_once_each(store: Store) -> None:
+    """Contacts with equal sort keys still page each exactly once (ties by scope, sender),
+    and a page past the end is empty with the total."""
+    senders = [f"u{i:02d}@x.example" for i in range(11)]
+    await store.add_contacts([_delta(s) for s in senders])
+    for descending in (True, False):
+        seen: list[str] = []
+        for offset in range(0, 12, 4):
+            page, total = await store.list_contacts(
+                ContactFilter(), sort="count", descending=descending, limit=4, offset=offset
+            )
+            assert total == 11
+            seen.extend(c.sender for c in page)
+        assert seen == senders
+    assert await store.list_contacts(ContactFilter(), limit=4, offset=20) == ([], 11)
+
+
+async def test_contacts_and_audit_leave_version_alone(store: Store) -> None:
+    """Contact counts, categories and audit entries do not move version()."""
+    before = await store.version()
+    await store.add_contacts([_delta("bob@spam.example")])
+    await store.set_contact_category(MAILBOX, "bob@spam.example", "x")
+    await store.add_audit([NewAudit(at=T0, actor="ops", action="rule.create")])
+    assert await store.version() == before
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+async def test_audit_round_trips_every_field(store: Store) -> None:
+    """add_audit then list_audit returns each field, with a new id per entry and before /
+    after as JSON objects (None when absent)."""
+    before = {"id": 7, "action": "allow", "note": None, "nested": {"a": [1, 2.5, "ü"]}}
+    after = {**before, "action": "block"}
+    await store.add_audit(
+        [
+            NewAudit(
+                at=T0,
+                actor="ops",
+                action="rule.update",
+                scope=MAILBOX,
+                rule_id=7,
+                before=before,
+                after=after,
+            ),
+            NewAudit(at=T0 + timedelta(seconds=1), actor="config", action="target.create"),
+        ]
+    )
+    page, total = await store.list_audit(limit=10, offset=0)
+    assert total == 2
+    newest, oldest = page
+    assert (newest.actor, newest.action, newest.scope, newest.rule_id) == (
+        "config",
+        "target.create",
+        None,
+        None,
+    )
+    assert (newest.before, newest.after) == (None, None)
+    assert (oldest.at, oldest.actor, oldest.action, oldest.scope, oldest.rule_id) == (
+        T0,
+        "ops",
+        "rule.update",
+        MAILBOX,
+        7,
+    )
+    assert (oldest.before, oldest.after) == (before, after)
+    assert _is_aware_utc(oldest.at)
+    assert newest.id != oldest.id
+    await store.add_audit([])
+
+
+async def test_list_audit_newest_first_with_filters_and_paging(store: Store) -> None:
+    """list_audit pages newest first (entries at the same instant newest-added first) and
+    filters by scope and actor."""
+    entries = [
+        NewAudit(
+            at=T0 + timedelta(seconds=i // 2),
+            actor="ops" if i % 3 else "review:junk",
+            action="rule.create",
+            scope=MAILBOX if i % 2 else ORG_MAIL,
+            rule_id=i,
+        )
+        for i in range(10)
+    ]
+    for entry in entries:
+        await store.add_audit([entry])
+    seen: list[int | None] = []
+    for offset in (0, 4, 8):
+        page, total = await store.list_audit(limit=4, offset=offset)
+        assert total == 10
+        seen.extend(e.rule_id for e in page)
+    assert seen == list(range(9, -1, -1))
+    page, total = await store.list_audit(scope=MAILBOX, limit=50, offset=0)
+    assert [e.rule_id for e in page] == [9, 7, 5, 3, 1] and total == 5
+    page, total = await store.list_audit(actor="review:junk", limit=50, offset=0)
+    assert [e.rule_id for e in page] == [9, 6, 3, 0] and total == 4
+    page, total = await store.list_audit(scope=ORG_MAIL, actor="ops", limit=50, offset=0)
+    assert [e.rule_id for e in page] == [8, 4, 2] and total == 3

@@ -1,0 +1,868 @@
+"""Benchmark of webhook ingress: the gateway beside the handlers a user would write.
+
+    python bench/ingress.py [--duration 10] [--connections 32] [--warmup 2]
+                            [--only bare,drop,direct,relay] [--loadgen auto|wrk|python]
+
+One run starts each server below as its own uvicorn process (uvloop + httptools, one
+worker, no access log) pinned to core 0, and loads it from core 1:
+
+(a) ``bare``: a plain Starlette endpoint that does ``await request.form()`` on a ~1 KB
+    Twilio voice webhook and answers ``<Response><Reject reason="rejected"/></Response>``:
+    the naive handler a user would write, and the yardstick of the drop path;
+(b) ``drop``: ``sendergate serve`` with a generated config (a Twilio source, ``public_url``
+    set so that signatures verify, a SQLite store in a temporary folder, an org-wide
+    phone rule blocking the caller) answering signed voice webhooks from the blocked
+    caller: verify, parse, normalise, decide, quarantine, answer the same TwiML;
+(d) ``direct``: the downstream application alone (Starlette, parses the form, answers
+    TwiML), called with the same requests;
+(c) ``relay``: the gateway forwarding signed webhooks of an allowed caller to (d), which
+    runs as a separate process on the same core as the gateway.
+
+The load is ``wrk`` with a Lua script that cycles through pre-signed requests (install it
+with ``apt-get install wrk``; without it a slower aiohttp generator in Python is used).
+Twilio signatures carry no nonce, but the gateway answers a repeated CallSid from its
+record (provider retries), so every request has its own CallSid and signature; the relay
+run gets more distinct requests than it can send, and the downstream's request count is
+checked against it. Each run warms up for ``--warmup`` seconds, then is measured for
+``--duration`` seconds: requests/s, p50/p99 latency (as wrk reports them) and the server's
+CPU time per request from ``/proc/PID/stat`` (user + system, all threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import FrameType
+from urllib.parse import quote, urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+TOKEN = "bench-twilio-auth-token"  # noqa: S105 - a throwaway secret for a local run
+WHSEC = "whsec_" + base64.b64encode(b"sendergate-bench-signing-secret!").decode()
+BLOCKED = "+14155550666"
+ALLOWED = "+14155550123"
+CALLED = "+14155550100"
+HOOK_PATH = "/hooks/twilio"
+APP_PATH = "/twilio"
+FORM = "application/x-www-form-urlencoded"
+XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>'
+REJECT_TWIML = f'{XML_DECL}<Response><Reject reason="rejected"/></Response>'.encode()
+APP_TWIML = f"{XML_DECL}<Response><Say>Thanks for calling.</Say></Response>".encode()
+
+RUN_NAMES = ("bare", "drop", "direct", "relay")
+LABELS = {
+    "bare": "(a) bare Starlette form endpoint",
+    "drop": "(b) gateway, drop path",
+    "direct": "(d) downstream app, direct",
+    "relay": "(c) gateway, relay path to (d)",
+}
+
+
+# --- the hand-written servers (imported by uvicorn in their own processes) ------------------
+
+
+def make_bare_app() -> Starlette:
+    """(a): what a user would write to reject a Twilio call."""
+
+    async def hook(request: Request) -> Response:
+        form = await request.form()
+        form.get("From")
+        return Response(REJECT_TWIML, media_type="text/xml")
+
+    return Starlette(routes=[Route(HOOK_PATH, hook, methods=["POST"])])
+
+
+def make_downstream_app() -> Starlette:
+    """(d): the application behind the gateway; ``GET /count`` tells how many webhooks it
+    received (the relay run checks that none was answered from the gateway's record)."""
+    received = 0
+
+    async def twiml(request: Request) -> Response:
+        nonlocal received
+        form = await request.form()
+        form.get("From")
+        received += 1
+        return Response(APP_TWIML, media_type="text/xml")
+
+    async def count(request: Request) -> Response:
+        return PlainTextResponse(str(received))
+
+    return Starlette(
+        routes=[Route(APP_PATH, twiml, methods=["POST"]), Route("/count", count, methods=["GET"])]
+    )
+
+
+# --- signed Twilio voice webhooks -----------------------------------------------------------
+
+
+def voice_params(call_sid: str, caller: str) -> list[tuple[str, str]]:
+    """The fields of an inbound Twilio voice webhook (about 1 KB url-encoded)."""
+    token = json.dumps(
+        {
+            "parentCallInfoToken": "eyJhbGciOiJFUzI1NiJ9." + "A" * 370,
+            "identityHeaderTokens": [],
+        },
+        separators=(",", ":"),
+    )
+    return [
+        ("AccountSid", "AC" + "0123456789abcdef" * 2),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", call_sid),
+        ("CallStatus", "ringing"),
+        ("CallToken", token),
+        ("Called", CALLED),
+        ("CalledCity", "SAN FRANCISCO"),
+        ("CalledCountry", "US"),
+        ("CalledState", "CA"),
+        ("CalledZip", "94105"),
+        ("Caller", caller),
+        ("CallerCity", "OAKLAND"),
+        ("CallerCountry", "US"),
+        ("CallerState", "CA"),
+        ("CallerZip", "94607"),
+        ("Direction", "inbound"),
+        ("From", caller),
+        ("FromCity", "OAKLAND"),
+        ("FromCountry", "US"),
+        ("FromState", "CA"),
+        ("FromZip", "94607"),
+        ("StirVerstat", "TN-Validation-Passed-A"),
+        ("To", CALLED),
+        ("ToCity", "SAN FRANCISCO"),
+        ("ToCountry", "US"),
+        ("ToState", "CA"),
+        ("ToZip", "94105"),
+    ]
+
+
+def twilio_signature(url: str, params: Sequence[tuple[str, str]]) -> str:
+    """Twilio's scheme, written out here so that the bench does not trust the code it
+    measures: base64(HMAC-SHA1(token, url + Σ sorted(key + value)))."""
+    text = url + "".join(k + v for k, v in sorted(params))
+    digest = hmac.new(TOKEN.encode(), text.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def write_requests(path: Path, public_url: str, caller: str, count: int, tag: int) -> None:
+    """``count`` signed requests, one per line: ``<signature> <body>``, each with its own
+    CallSid (``tag`` keeps the sets of different runs apart)."""
+    with path.open("w") as out:
+        for n in range(count):
+            params = voice_params(f"CA{tag:x}{n:031x}", caller)
+            body = urlencode(params, quote_via=quote)
+            out.write(f"{twilio_signature(public_url, params)} {body}\n")
+
+
+# --- load generators ------------------------------------------------------------------------
+
+WRK_SCRIPT = r"""
+-- Cycles through pre-signed requests, one per line: "<signature> <body>".
+-- Arguments: file, first index (so that a measured run does not repeat its warm-up's).
+local threads, nthreads = {}, 0
+
+function setup(thread)
+  thread:set("tid", nthreads)
+  nthreads = nthreads + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  reqs = {}
+  for line in io.lines(args[1]) do
+    local sig, body = line:match("^(%S+) (%S+)$")
+    reqs[#reqs + 1] = wrk.format("POST", nil, {
+      ["Content-Type"] = "application/x-www-form-urlencoded",
+      ["X-Twilio-Signature"] = sig,
+      ["I-Twilio-Idempotency-Token"] = "00000000-0000-4000-8000-000000000000",
+      ["User-Agent"] = "TwilioProxy/1.1",
+    }, body)
+  end
+  stride = tonumber(args[3])
+  i = tonumber(args[2]) + tid
+end
+
+function request()
+  local r = reqs[i % #reqs + 1]
+  i = i + stride
+  return r
+end
+
+function done(summary, latency, requests)
+  local next_index = 0
+  for _, t in ipairs(threads) do
+    next_index = math.max(next_index, t:get("i"))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '\nRESULT {"requests": %d, "duration_us": %d, "errors": %d, "status_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d, "next_index": %d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50), latency:percentile(99), next_index))
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    errors: int
+    status_errors: int
+    p50_ms: float
+    p99_ms: float
+    next_index: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _result_from(output: str) -> LoadResult:
+    for line in output.splitlines():
+        if line.startswith("RESULT "):
+            d = json.loads(line[len("RESULT ") :])
+            return LoadResult(
+                requests=int(d["requests"]),
+                seconds=d["duration_us"] / 1e6,
+                errors=int(d["errors"]),
+                status_errors=int(d["status_errors"]),
+                p50_ms=d["p50_us"] / 1000,
+                p99_ms=d["p99_us"] / 1000,
+                next_index=int(d["next_index"]),
+            )
+    raise RuntimeError(f"the load generator printed no result:\n{output[-2000:]}")
+
+
+def python_loadgen(url: str, path: str, start: int, seconds: float, connections: int) -> None:
+    """The fallback generator (run as ``ingress.py --loadgen-worker``): aiohttp with
+    ``connections`` keep-alive connections; prints the same RESULT line as the Lua script.
+    One Python process saturates before a fast server does: prefer wrk."""
+    import asyncio
+
+    import aiohttp
+
+    lines = Path(path).read_text().splitlines()
+    reqs = [(line.partition(" ")[0], line.partition(" ")[2].encode()) for line in lines]
+
+    async def main() -> None:
+        latencies: list[float] = []
+        errors = status_errors = 0
+        counter = start
+        deadline = time.perf_counter() + seconds
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                nonlocal counter, errors, status_errors
+                while time.perf_counter() < deadline:
+                    sig, body = reqs[counter % len(reqs)]
+                    counter += 1
+                    headers = {"Content-Type": FORM, "X-Twilio-Signature": sig}
+                    began = time.perf_counter()
+                    try:
+                        async with session.post(url, data=body, headers=headers) as r:
+                            await r.read()
+                            if r.status >= 400:
+                                status_errors += 1
+                    except aiohttp.ClientError:
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - began)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed = time.perf_counter() - began
+        latencies.sort()
+
+        def pct(q: float) -> int:
+            return int(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6)
+
+        result = {
+            "requests": len(latencies),
+            "duration_us": int(elapsed * 1e6),
+            "errors": errors,
+            "status_errors": status_errors,
+            "p50_us": pct(0.50) if latencies else 0,
+            "p99_us": pct(0.99) if latencies else 0,
+            "next_index": counter,
+        }
+        print("RESULT " + json.dumps(result), flush=True)
+
+    asyncio.run(main())
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def pinned(core: int | None, argv: list[str]) -> list[str]:
+    return argv if core is None else ["taskset", "-c", str(core), *argv]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, from /proc (clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core_busy(core: int) -> float:
+    """Seconds one core spent on anything but idle (steal included), from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
+            return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
+
+
+@dataclass
+class Processes:
+    """Every child this run started, ended on the way out (also on Ctrl-C or an error)."""
+
+    workdir: Path
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us only; we end them in order
+        )
+        self.children.append((name, proc))
+        return proc.pid
+
+    def stop(self, pid: int | None = None) -> None:
+        for name, proc in list(self.children):
+            if pid is not None and proc.pid != pid:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.children.remove((name, proc))
+
+    def check_alive(self, pid: int) -> None:
+        for name, proc in self.children:
+            if proc.pid == pid and proc.poll() is not None:
+                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+
+def wait_listening(procs: Processes, pid: int, port: int, timeout_s: float = 30.0) -> None:
+    """uvicorn runs the lifespan start-up before it listens: a connection means ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        procs.check_alive(pid)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
+
+
+def uvicorn_argv(factory: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory if ":" in factory else f"ingress:{factory}",
+        "--app-dir",
+        str(BENCH_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def gateway_config(workdir: Path, port: int, downstream_port: int) -> Path:
+    path = workdir / "gateway.toml"
+    path.write_text(
+        f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+public_url = "http://127.0.0.1:{port}"
+access_log = false
+
+[store]
+url = "sqlite:///{workdir / "gateway.db"}"
+
+[forward]
+signing_secret = "{WHSEC}"
+timeout_s = 10
+
+[sources.twilio]
+provider = "twilio"
+secret = "{TOKEN}"
+forward_url = "http://127.0.0.1:{downstream_port}{APP_PATH}"
+
+[[org.phone_rules]]
+action = "block"
+match_type = "exact_number"
+match_target = "{BLOCKED}"
+"""
+    )
+    return path
+
+
+def post_one(url: str, line: str) -> tuple[int, bytes]:
+    signature, _, body = line.partition(" ")
+    req = urllib.request.Request(
+        url,
+        data=body.encode(),
+        headers={"Content-Type": FORM, "X-Twilio-Signature": signature},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+# --- one measured run -----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    name: str
+    load: LoadResult
+    cpu_us: dict[str, float]  # per request, by process
+    other_load: float | None  # CPU share of core 0 used by anything but our servers
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    procs: Processes
+    loadgen: str
+    server_core: int | None
+    load_core: int | None
+
+    def load(self, url: str, requests: Path, start: int, seconds: float) -> LoadResult:
+        conns = self.args.connections
+        if self.loadgen == "wrk":
+            script = self.workdir / "signed.lua"
+            if not script.exists():
+                script.write_text(WRK_SCRIPT)
+            argv = [
+                "wrk",
+                "-t1",
+                f"-c{conns}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+                "--",
+                str(requests),
+                str(start),
+                "1",
+            ]
+        else:
+            argv = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--loadgen-worker",
+                url,
+                str(requests),
+                str(start),
+                str(seconds),
+                str(conns),
+            ]
+        out = subprocess.run(
+            pinned(self.load_core, argv),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        return _result_from(out.stdout)
+
+    def measure(
+        self, name: str, url: str, requests: Path, pids: dict[str, int], start: int = 0
+    ) -> RunResult:
+        warm = self.load(url, requests, start, self.args.warmup)
+        core = self.server_core
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        busy_before, began = (core_busy(core) if core is not None else 0.0), time.monotonic()
+        result = self.load(url, requests, warm.next_index, self.args.duration)
+        busy_after, ended = (core_busy(core) if core is not None else 0.0), time.monotonic()
+        after = {k: cpu_seconds(p) for k, p in pids.items()}
+        for pid in pids.values():
+            self.procs.check_alive(pid)
+        done = max(1, result.requests)
+        cpu = {k: (after[k] - before[k]) / done * 1e6 for k in pids}
+        ours = sum(after[k] - before[k] for k in pids)
+        other = None
+        if core is not None:
+            other = max(0.0, (busy_after - busy_before - ours) / (ended - began))
+        run = RunResult(name, result, cpu, other)
+        if result.errors or result.status_errors:
+            run.notes.append(
+                f"{name}: {result.errors} socket errors, {result.status_errors} non-2xx/3xx"
+            )
+        return run
+
+    def serve_app(self, factory: str) -> tuple[int, int]:
+        port = free_port()
+        pid = self.procs.start(factory, pinned(self.server_core, uvicorn_argv(factory, port)))
+        wait_listening(self.procs, pid, port)
+        return port, pid
+
+
+def expect(what: str, got: tuple[int, bytes], body: bytes) -> None:
+    status, content = got
+    if status != 200 or content != body:
+        raise RuntimeError(f"{what}: expected 200 {body!r}, got {status} {content[:300]!r}")
+
+
+def quarantined(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE outcome = 'quarantined'").fetchone()
+    return int(row[0])
+
+
+def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
+    results: dict[str, RunResult] = {}
+    args, procs, workdir = bench.args, bench.procs, bench.workdir
+    # URL-signed: each gateway's public URL (and so its port) is chosen before signing.
+    gw_port = free_port()
+    signed_url = f"http://127.0.0.1:{gw_port}{HOOK_PATH}"
+    blocked = workdir / "blocked.txt"
+    allowed = workdir / "allowed.txt"
+
+    if "bare" in only or "drop" in only:
+        write_requests(blocked, signed_url, BLOCKED, args.bodies, 1)
+        first = blocked.open().readline().rstrip("\n")
+    if "bare" in only:
+        port, pid = bench.serve_app("make_bare_app")
+        url = f"http://127.0.0.1:{port}{HOOK_PATH}"
+        expect("bare endpoint", post_one(url, first), REJECT_TWIML)
+        results["bare"] = bench.measure("bare", url, blocked, {"server": pid})
+        procs.stop(pid)
+    if "drop" in only:
+        pid, db = serve_gateway(bench, gw_port, free_port())
+        expect("gateway drop", post_one(signed_url, first), REJECT_TWIML)
+        run = bench.measure("drop", signed_url, blocked, {"server": pid})
+        procs.stop(pid)  # the store is flushed and closed before we count
+        run.notes.append(
+            f"drop: {quarantined(db)} events in quarantine after the run ({args.bodies} "
+            "distinct CallSids, cycled: a repeated one replaces its row)"
+        )
+        results["drop"] = run
+    if "direct" not in only and "relay" not in only:
+        return results
+
+    write_requests(allowed, signed_url, ALLOWED, args.bodies, 2)
+    down_port, down_pid = bench.serve_app("make_downstream_app")
+    app_url = f"http://127.0.0.1:{down_port}{APP_PATH}"
+    expect("downstream", post_one(app_url, allowed.open().readline().rstrip("\n")), APP_TWIML)
+    if "direct" in only:
+        results["direct"] = bench.measure("direct", app_url, allowed, {"server": down_pid})
+    if "relay" in only:
+        # Every relayed request needs its own CallSid (a repeated one is a provider's
+        # retry, answered from the record): sign more than the relay can send. It cannot
+        # outrun the app it forwards to on the same core, so (d)'s rate bounds it.
+        ceiling = results["direct"].load.rps if "direct" in results else 20_000.0
+        count = max(args.bodies, int(ceiling * (args.warmup + args.duration) * 1.5) + 1000)
+        relay = workdir / "relay.txt"
+        write_requests(relay, signed_url, ALLOWED, count, 3)
+        pid, _ = serve_gateway(bench, gw_port, down_port)
+        before = downstream_count(down_port)
+        expect(
+            "gateway relay", post_one(signed_url, relay.open().readline().rstrip("\n")), APP_TWIML
+        )
+        run = bench.measure("relay", signed_url, relay, {"gateway": pid, "app": down_pid}, 1)
+        procs.stop(pid)
+        forwarded = downstream_count(down_port) - before
+        sent = run.load.next_index  # requests handed to wrk's sockets, warm-up included
+        if sent > count:
+            run.notes.append(f"relay: {sent} requests for {count} CallSids: some repeated")
+        run.notes.append(
+            f"relay: the app received {forwarded} forwards for {sent} requests sent "
+            "(warm-up and check included; requests cut at the end of a run make the gap)"
+        )
+        results["relay"] = run
+    procs.stop(down_pid)
+    return results
+
+
+def serve_gateway(bench: Bench, port: int, downstream_port: int) -> tuple[int, Path]:
+    """The gateway on ``port`` with a fresh config and SQLite store: the app factory that
+    ``sendergate serve --workers N`` runs, under the same uvicorn flags as the others."""
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=bench.workdir))
+    config = gateway_config(workdir, port, downstream_port)
+    argv = uvicorn_argv("gateway.app:app_from_env", port)
+    env = {**os.environ, "SENDERGATE_CONFIG": str(config)}
+    pid = bench.procs.start(f"gateway-{port}", pinned(bench.server_core, argv), env=env)
+    wait_listening(bench.procs, pid, port)
+    return pid, workdir / "gateway.db"
+
+
+def downstream_count(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=10) as r:
+        return int(r.read())
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).split("Copyright")[0].strip()
+
+
+def best_of(rounds: Sequence[dict[str, RunResult]]) -> dict[str, RunResult]:
+    """Per run, the round with the most requests/s (the least disturbed one)."""
+    best: dict[str, RunResult] = {}
+    for results in rounds:
+        for name, run in results.items():
+            if name not in best or run.load.rps > best[name].load.rps:
+                best[name] = run
+    return best
+
+
+def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
+    a = bench.args
+    results = best_of(rounds)
+    print()
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}"
+    )
+    print(
+        "versions: "
+        + ", ".join(
+            f"{n} {package_version(n)}"
+            for n in ("starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "sendergate")
+        )
+    )
+    gen = wrk_version() if bench.loadgen == "wrk" else "Python aiohttp generator (slower)"
+    cores = (
+        f"servers on core {bench.server_core}, load on core {bench.load_core}"
+        if bench.server_core is not None
+        else "not pinned (fewer than 2 cores)"
+    )
+    print(
+        f"load: {gen}; {a.connections} connections; {a.warmup:g} s warm-up + {a.duration:g} s "
+        f"measured per run; {cores}; body {body_size()} B (Twilio voice form)"
+    )
+    if len(rounds) > 1:
+        print(f"{len(rounds)} rounds: the table shows each run's best round")
+    print()
+    head = f"{'run':<33}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}  {'CPU µs/req':<22}{'other':>6}" + (
+        "  req/s by round" if len(rounds) > 1 else ""
+    )
+    print(head)
+    print("-" * len(head))
+    for name in RUN_NAMES:
+        r = results.get(name)
+        if r is None:
+            continue
+        cpu = " + ".join(f"{v:,.0f} {k}" for k, v in r.cpu_us.items())
+        other = "-" if r.other_load is None else f"{r.other_load:.0%}"
+        line = f"{LABELS[name]:<33}{r.load.rps:>8,.0f}{r.load.p50_ms:>8.2f}{r.load.p99_ms:>8.2f}"
+        line += f"  {cpu:<22}{other:>6}"
+        if len(rounds) > 1:
+            line += "  " + " ".join(f"{x[name].load.rps:,.0f}" for x in rounds if name in x)
+        print(line)
+    print()
+    print("other: share of core 0 taken by other processes during the run (0% = undisturbed)")
+    print()
+    print(f"{'ratio':<33}{'req/s':>8}{'CPU':>8}  {'req/s by round':<22}goal")
+    for num, den, label, cpu_num, goal, floor in (
+        (
+            "drop",
+            "bare",
+            "drop path / bare form endpoint",
+            "server",
+            "must >= 0.75, aim 1.00",
+            0.75,
+        ),
+        ("relay", "direct", "relay path / downstream direct", None, "issue 8: >= 0.50", 0.5),
+    ):
+        if num not in results or den not in results:
+            continue
+        ratio = results[num].load.rps / results[den].load.rps
+        n_cpu = results[num].cpu_us
+        by_cpu = results[den].cpu_us["server"] / (
+            n_cpu[cpu_num] if cpu_num else sum(n_cpu.values())
+        )
+        per_round = " ".join(
+            f"{x[num].load.rps / x[den].load.rps:.2f}" for x in rounds if num in x and den in x
+        )
+        verdict = "ok" if ratio >= floor else "BELOW"
+        print(f"{label:<33}{ratio:>8.2f}{by_cpu:>8.2f}  {per_round:<22}{goal}: {verdict}")
+    print(
+        "req/s: of each run's best round; CPU: the inverse ratio of CPU time per request "
+        "(the gateway and the app together for the relay), which other load on the "
+        "machine disturbs less"
+    )
+    notes = [n for x in rounds for r in x.values() for n in r.notes]
+    if notes:
+        print()
+        for note in dict.fromkeys(notes):
+            print("note: " + note)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def pick_loadgen(choice: str) -> str:
+    if choice in ("auto", "wrk") and shutil.which("wrk"):
+        return "wrk"
+    if choice == "wrk":
+        sys.exit("wrk is not installed: apt-get install -y wrk (or --loadgen python)")
+    if choice == "auto":
+        print(
+            "wrk not found (apt-get install -y wrk): using the Python aiohttp generator, "
+            "which saturates before fast servers do",
+            file=sys.stderr,
+        )
+    return "python"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per run")
+    p.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    p.add_argument(
+        "--bodies", type=int, default=20_000, help="distinct signed requests for the drop path"
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(RUN_NAMES),
+        help="comma-separated subset of " + ",".join(RUN_NAMES),
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat; report each run's best")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["--loadgen-worker"]:
+        url, path, start, seconds, conns = argv[1:6]
+        python_loadgen(url, path, int(start), float(seconds), int(conns))
+        return 0
+    args = parse_args(argv)
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(only) - set(RUN_NAMES))
+    if unknown:
+        sys.exit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUN_NAMES)}")
+    loadgen = pick_loadgen(args.loadgen)
+    cores = os.cpu_count() or 1
+    server_core, load_core = (SERVER_CORE, LOAD_CORE) if cores >= 2 else (None, None)
+    if server_core is not None and not shutil.which("taskset"):
+        print("taskset not found (util-linux): processes are not pinned", file=sys.stderr)
+        server_core = load_core = None
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})  # keep this orchestrator off the server core
+
+    workdir = Path(tempfile.mkdtemp(prefix="sendergate-bench-"))
+    procs = Processes(workdir)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args, workdir, procs, loadgen, server_core, load_core)
+    try:
+        rounds: list[dict[str, RunResult]] = []
+        for n in range(args.rounds):
+            print(
+                f"round {n + 1}/{args.rounds}: {', '.join(only)} "
+                f"({args.warmup:g} + {args.duration:g} s each)...",
+                flush=True,
+            )
+            rounds.append(run_all(bench, only))
+        report(bench, rounds)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop()
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def body_size() -> int:
+    return len(urlencode(voice_params("CA" + "0" * 32, BLOCKED), quote_via=quote))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
