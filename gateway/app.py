@@ -30,6 +30,7 @@ from gateway.http.problems import (
     http_exception_handler,
     unexpected_error_handler,
 )
+from gateway.metrics import Metrics, metrics_endpoint
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Target
 from gateway.pipeline import CertCache, Pipeline
 from gateway.providers import build_provider
@@ -256,6 +257,11 @@ def create_app(
     }
     forwarder = Forwarder(settings.forward.signing_secret, clock=clock)
     recorder = Recorder(the_store)
+    # Contact counts and per-sender rate limits of the hot path (gateway.contacts,
+    # gateway.ratelimit), and the Prometheus metrics (one registry per app).
+    contact_tracker = ContactTracker()
+    rate_limiter = LocalRateLimiter()
+    metrics = Metrics()
     pipeline = Pipeline(
         settings,
         store=the_store,
@@ -265,19 +271,31 @@ def create_app(
         providers=providers,
         certs=certs,
         clock=clock,
+        contacts=contact_tracker,
+        limiter=rate_limiter,
+        metrics=metrics,
     )
-    # Contact counts and per-sender rate limits of the hot path (gateway.contacts,
-    # gateway.ratelimit): the pipeline calls contact_tracker.observe() per decided event
-    # and rate_limiter.allow() for targets with a rate_limit.
-    contact_tracker = ContactTracker()
-    rate_limiter = LocalRateLimiter()
     state.extras.update(
         pipeline=pipeline,
         recorder=recorder,
         forwarder=forwarder,
         contacts=contact_tracker,
         rate_limiter=rate_limiter,
+        metrics=metrics,
     )
+    reloads_seen = [0]
+
+    def refresh_gauges() -> None:
+        current = snapshot.current
+        if snapshot.loaded_at is not None:
+            metrics.snapshot_age.set(max(0.0, clock() - snapshot.loaded_at))
+        metrics.snapshot_rules.set(0 if current is None else current.rule_count)
+        metrics.snapshot_reloads.inc(snapshot.reloads - reloads_seen[0])
+        reloads_seen[0] = snapshot.reloads
+        metrics.buffered.set(recorder.pending)
+        metrics.buffer_overflow.set(recorder.overflowed)
+
+    metrics.on_scrape(refresh_gauges)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -307,7 +325,7 @@ def create_app(
                     _purge_events(the_store, settings.store.event_retention_days, clock)
                 )
             )
-            tasks.append(asyncio.create_task(contact_tracker.run(the_store)))
+            tasks.append(asyncio.create_task(contact_tracker.run(the_store, interval_s=0.25)))
             if settings.review.interval_s is not None:
                 tasks.append(
                     asyncio.create_task(_review_schedule(state, settings.review.interval_s))
@@ -331,6 +349,7 @@ def create_app(
     routes: list[BaseRoute] = [
         *health.routes(),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/metrics", metrics_endpoint(metrics), methods=["GET"]),
         *admin.routes(),
         *contacts.routes(),
         *events.routes(),

@@ -21,10 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import normalise
-from gateway.errors import GatewayError, UpstreamError
+from gateway.contacts import ContactTracker, contact_scope
+from gateway.errors import GatewayError, StoreUnavailable, UpstreamError
 from gateway.forward import Forwarder, ForwardResult
+from gateway.logs import event_log
+from gateway.metrics import Metrics
 from gateway.models import Decision, Family, Sender, Target, family_of_channel
 from gateway.providers import Answer, ParsedEvent, Provider, RawRequest
+from gateway.ratelimit import LocalRateLimiter
 from gateway.recorder import Recorder
 from gateway.rules import RuleSet, decide
 from gateway.settings import Settings, SourceSettings
@@ -167,6 +171,9 @@ class Pipeline:
         providers: dict[str, Provider],
         certs: CertCache,
         clock: Callable[[], float],
+        contacts: ContactTracker | None = None,
+        limiter: LocalRateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -177,6 +184,10 @@ class Pipeline:
         self.certs = certs
         self.clock = clock
         self.answers = AnswerCache()
+        self.contacts = contacts if contacts is not None else ContactTracker()
+        self.limiter = limiter if limiter is not None else LocalRateLimiter()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._store_down = False
         self._drop_replies: dict[Answer, Reply] = {}  # providers' constant drop answers
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -305,8 +316,25 @@ class Pipeline:
                 authenticated=authenticated,
                 envelope=envelope,
             )
+            target = ruleset.target(rcpt)
+            if (
+                target is not None
+                and target.rate_limit
+                and decision.verdict != "drop"
+                and not self.limiter.check(target.id, sender.value, target.rate_limit, now)
+            ):
+                # Per-sender rate limit: the excess is dropped (and quarantined); a shadow
+                # target only records that it would have been.
+                if target.enforce:
+                    decision = decision._replace(verdict="drop", reason="rate_limited")
+                else:
+                    decision = decision._replace(reason="rate_limited", would_drop=True)
             if decision.rule is not None:
                 self.recorder.hit(decision.rule, at)
+            self.contacts.observe(
+                contact_scope(target, family), sender, family, decision.verdict, at
+            )
+            self.metrics.event(source.name, event.channel, decision.verdict)
             eid = event_id_for(source.name, event.provider_event_id, rcpt)
             if decision.verdict == "drop":
                 drops.append(
@@ -326,13 +354,12 @@ class Pipeline:
                 )
                 records[rcpt] = (decision, None)
                 continue
-            url = self._forward_url(source, ruleset.target(rcpt), event)
+            url = self._forward_url(source, target, event)
             records[rcpt] = (decision, url)
             deliveries.setdefault(url, Delivery(url, [])).items.append((rcpt, decision, eid))
 
         if drops:
-            # Quarantine before answering: the one local write a drop waits for.
-            await self.recorder.write_now(drops)
+            await self._quarantine(source, drops)
         if not deliveries:
             answer = provider.drop_answer(event)
             if answer.telnyx_reject:
@@ -353,6 +380,27 @@ class Pipeline:
             provider.release(event)
             return next(r for r in replies if r.status >= 500)
         return replies[0]
+
+    async def _quarantine(self, source: SourceSettings, drops: list[EventRecord]) -> None:
+        """Quarantine before answering: the one local write a drop waits for. With the
+        store down (Redis outage) the gateway stays fail-static: the records wait in the
+        recorder's bounded buffer and are written when the store is back, and the drop is
+        answered as usual rather than making the caller hear an error."""
+        try:
+            await self.recorder.write_now(drops)
+            if self._store_down:
+                self._store_down = False
+                log.info("quarantine writes recovered")
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("quarantine").inc()
+            if not self._store_down:
+                self._store_down = True
+                log.warning("store unavailable, quarantine records buffered: %s", exc)
+            for record in drops:
+                self.recorder.add(record)
+        self.metrics.quarantined.labels(source.name).inc(len(drops))
+        for record in drops:
+            _log_event(record, None)
 
     async def _deliver(
         self,
@@ -403,8 +451,12 @@ class Pipeline:
                 result=result,
             )
             self.recorder.add(record)
+            _log_event(record, result)
             if result.ok:
                 self.answers.put(eid, reply)
+        self.metrics.forward(
+            source.name, result.elapsed_ms / 1000.0, None if result.ok else result.error
+        )
         if not result.ok:
             log.warning("forward to %s failed (%s): %s", delivery.url, result.error, result.detail)
         return reply, result.ok
@@ -614,3 +666,24 @@ class Pipeline:
         )
         await self.recorder.write_now([updated])
         return updated, result
+
+
+def _log_event(record: EventRecord, result: ForwardResult | None) -> None:
+    """The one structured log line of a decided event (no bodies, no secrets)."""
+    event_log(
+        {
+            "event": record.id,
+            "source": record.source,
+            "channel": record.channel,
+            "sender": record.sender,
+            "target": record.recipient,
+            "verdict": record.verdict,
+            "rule": record.rule,
+            "reason": record.reason,
+            "would_drop": record.would_drop,
+            "outcome": record.outcome,
+            "forward_status": None if result is None else result.upstream_status,
+            "forward_ms": None if result is None else round(result.elapsed_ms, 2),
+            "forward_error": None if result is None else result.error,
+        }
+    )

@@ -54,6 +54,7 @@ class Recorder:
         self.commits = 0  # transactions write_now made (fewer than calls under load)
         self.overflowed = 0
         self.flush_errors = 0
+        self.deferring = False  # the last flush failed (an outage is in progress)
 
     def add(self, event: EventRecord) -> None:
         if len(self._events) >= self._max_buffer:
@@ -139,7 +140,13 @@ class Recorder:
                     hits = {}
             except StoreUnavailable as exc:
                 self.flush_errors += 1
-                log.warning("recording deferred, store unavailable: %s", exc)
+                if not self.deferring:  # once per outage, not every 50 ms
+                    log.warning("recording deferred, store unavailable: %s", exc)
+                self.deferring = True
+            else:
+                if self.deferring:
+                    log.info("store reachable again: deferred records written")
+                self.deferring = False
             finally:
                 # Whatever was not written goes back in front of what arrived meanwhile.
                 if events:

@@ -12,6 +12,7 @@ import pty
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main, table
 from gateway.rulefiles import RuleFileError, read_rules, write_rules
-from gateway.settings import ServerSettings
+from gateway.settings import ReviewPolicy, ReviewSettings, ServerSettings
 from tests.apiserver import BLOCKED_PREFIX, HOME_NUMBER, ApiWorld, api_world
 from tests.apptools import ADMIN_KEY, MEMBER_KEY, make_settings
 
@@ -672,3 +673,63 @@ def test_shell_completion(cli: Cli) -> None:
         env = {"_SENDERGATE_COMPLETE": "bash_complete", "COMP_WORDS": line, "COMP_CWORD": cword}
         done = runner.invoke(main, [], prog_name="sendergate", env=env)
         assert done.stdout.strip() == expected, line
+
+
+def test_contacts_review_and_audit_commands(tmp_path: Path) -> None:
+    """contacts list/get/set, review (dry run and --apply) and audit list against a gateway
+    whose contacts come from real signed webhooks."""
+    policy = ReviewPolicy("premium", "block", number_type_in=("premium_rate",))
+    with api_world(tmp_path, review=ReviewSettings(min_age_days=0, policies=(policy,))) as w:
+        run = Cli(w.url)
+        w.send_sms("+14155550177")
+        w.send_sms("+19005550077")
+        w.send_sms("+19005550077")
+
+        def listed() -> Any:
+            page = run.json("contacts", "list", "--number", HOME_NUMBER)
+            return page if page["total"] == 2 else None
+
+        page = None
+        for _ in range(100):
+            page = listed()
+            if page:
+                break
+            time.sleep(0.05)
+        assert page is not None
+        assert [c["sender"] for c in page["data"]] == ["+19005550077", "+14155550177"]
+        text = run.ok("contacts", "list", "--number", HOME_NUMBER, "--sort", "count").stdout
+        assert row_of(text, "+19005550077")[3] == "2"
+        got = run.json("contacts", "get", "+14155550177", "--number", HOME_NUMBER)
+        assert got["state"] == "unset" and got["count"] == 1
+
+        dry = run.ok("review").stdout
+        assert "premium" in dry and "dry run" in dry
+        assert (
+            run.json("contacts", "get", "+19005550077", "--number", HOME_NUMBER)["state"] == "unset"
+        )
+        applied = run.json("review", "--apply")
+        assert applied["written"] == 1
+        assert run.json("review", "--apply")["written"] == 0
+        assert (
+            run.json("contacts", "get", "+19005550077", "--number", HOME_NUMBER)["state"]
+            == "blocked"
+        )
+
+        out = run.json(
+            "contacts",
+            "set",
+            "+14155550177",
+            "--number",
+            HOME_NUMBER,
+            "--state",
+            "whitelisted",
+            "--category",
+            "vendor",
+        )
+        assert out["state"] == "whitelisted" and out["category"] == "vendor"
+        audit = run.json("audit", "list", "--scope", HOME_NUMBER)
+        actors = {e["actor"] for e in audit["items"]}
+        assert {"review:premium", "ops"} <= actors
+        assert "review:premium" in run.ok("audit", "list").stdout
+        bad = run("contacts", "set", "x", "--number", HOME_NUMBER)
+        assert bad.exit_code == 2
