@@ -415,10 +415,10 @@ def test_a_redis_outage_keeps_decisions_and_loses_nothing(cluster: Cluster) -> N
             assert replica.check(blocked) == "drop"
             assert replica.check(muted) == "mute"
             answer = replica.call(blocked)
-            # The drop is decided; its quarantine record cannot be written while Redis is
-            # down, so the gateway either rejects the call or asks the provider to retry.
-            assert answer.status_code in (200, 503), answer.text
-            assert answer.status_code == 503 or REJECT in answer.content
+            # The drop is decided and answered (fail-static); its quarantine record waits
+            # in the replica's buffer until Redis is back.
+            assert answer.status_code == 200, answer.text
+            assert REJECT in answer.content
             assert not _forwarded_from(cluster, blocked)
         # Admin writes answer 503 problem+json.
         for replica in (a, b):
@@ -464,6 +464,18 @@ def test_a_redis_outage_keeps_decisions_and_loses_nothing(cluster: Cluster) -> N
     wait_for(lambda: _rule_hits(cluster, mute_id) == muted_calls, "buffered rule hits")
     for replica in (a, b):
         assert replica.readyz().json()["checks"]["recorder"]["pending"] == 0
+
+    # ... and the quarantine records of the calls dropped during the outage.
+    def quarantined() -> bool:
+        r = httpx.get(
+            f"{a.url}/v1/events",
+            headers=ADMIN,
+            timeout=5,
+            params={"outcome": "quarantined", "sender": blocked},
+        )
+        return len(r.json()["items"]) >= 2
+
+    wait_for(quarantined, "quarantine records buffered during the outage")
 
 
 # --- a replica dies ----------------------------------------------------------------------------
