@@ -1,10 +1,12 @@
 """Benchmark of webhook ingress: the gateway beside the handlers a user would write.
 
-    python bench/ingress.py [--duration 10] [--connections 32] [--warmup 2]
+    python bench/ingress.py [--duration 10] [--connections 32] [--warmup 2] [--rounds 1]
                             [--only bare,drop,direct,relay] [--loadgen auto|wrk|python]
+                            [--gateway-log-level info|warning] [--store-dir DIR]
 
 One run starts each server below as its own uvicorn process (uvloop + httptools, one
-worker, no access log) pinned to core 0, and loads it from core 1:
+worker, no access log) pinned to core 0, and loads it from core 1 (docs/performance.md
+has the method and the figures):
 
 (a) ``bare``: a plain Starlette endpoint that does ``await request.form()`` on a ~1 KB
     Twilio voice webhook and answers ``<Response><Reject reason="rejected"/></Response>``:
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -355,15 +358,15 @@ class Processes:
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us only; we end them in order
-        )
+        with (self.workdir / f"{name}.log").open("wb") as log:  # the child keeps its copy
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches us only; we end them in order
+            )
         self.children.append((name, proc))
         return proc.pid
 
@@ -404,7 +407,7 @@ def uvicorn_argv(factory: str, port: int) -> list[str]:
         "-m",
         "uvicorn",
         "--factory",
-        factory if ":" in factory else f"ingress:{factory}",
+        f"ingress:{factory}",
         "--app-dir",
         str(BENCH_DIR),
         "--host",
@@ -423,7 +426,7 @@ def uvicorn_argv(factory: str, port: int) -> list[str]:
     ]
 
 
-def gateway_config(workdir: Path, port: int, downstream_port: int) -> Path:
+def gateway_config(workdir: Path, port: int, downstream_port: int, db: Path) -> Path:
     path = workdir / "gateway.toml"
     path.write_text(
         f"""\
@@ -434,7 +437,7 @@ public_url = "http://127.0.0.1:{port}"
 access_log = false
 
 [store]
-url = "sqlite:///{workdir / "gateway.db"}"
+url = "sqlite:///{db}"
 
 [forward]
 signing_secret = "{WHSEC}"
@@ -489,6 +492,7 @@ class Bench:
     loadgen: str
     server_core: int | None
     load_core: int | None
+    cleanup: list[Path] = field(default_factory=list)
 
     def load(self, url: str, requests: Path, start: int, seconds: float) -> LoadResult:
         conns = self.args.connections
@@ -643,15 +647,21 @@ def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
 
 
 def serve_gateway(bench: Bench, port: int, downstream_port: int) -> tuple[int, Path]:
-    """The gateway on ``port`` with a fresh config and SQLite store: the app factory that
-    ``sendergate serve --workers N`` runs, under the same uvicorn flags as the others."""
+    """``sendergate serve`` on ``port`` with a fresh config and SQLite store: what a user
+    runs (uvicorn with uvloop and httptools, no access log, one JSON log line per event
+    at the default ``--log-level info``)."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=bench.workdir))
-    config = gateway_config(workdir, port, downstream_port)
-    argv = uvicorn_argv("gateway.app:app_from_env", port)
-    env = {**os.environ, "SENDERGATE_CONFIG": str(config)}
-    pid = bench.procs.start(f"gateway-{port}", pinned(bench.server_core, argv), env=env)
+    store_dir = workdir
+    if bench.args.store_dir:
+        store_dir = Path(tempfile.mkdtemp(prefix="sendergate-bench-", dir=bench.args.store_dir))
+        bench.cleanup.append(store_dir)
+    db = store_dir / "gateway.db"
+    config = gateway_config(workdir, port, downstream_port, db)
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+    argv += ["--log-level", bench.args.gateway_log_level]
+    pid = bench.procs.start(f"gateway-{port}", pinned(bench.server_core, argv))
     wait_listening(bench.procs, pid, port)
-    return pid, workdir / "gateway.db"
+    return pid, db
 
 
 def downstream_count(port: int) -> int:
@@ -675,6 +685,19 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     return platform.processor() or "unknown CPU"
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (longest mount point in /proc/mounts)."""
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            mount = fields[1]
+            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, fields[2]
+    return kind
 
 
 def wrk_version() -> str:
@@ -717,6 +740,8 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
         f"load: {gen}; {a.connections} connections; {a.warmup:g} s warm-up + {a.duration:g} s "
         f"measured per run; {cores}; body {body_size()} B (Twilio voice form)"
     )
+    store = Path(a.store_dir or bench.workdir).resolve()
+    print(f"gateway store: SQLite (WAL, synchronous=NORMAL) in {store} ({filesystem(store)})")
     if len(rounds) > 1:
         print(f"{len(rounds)} rounds: the table shows each run's best round")
     print()
@@ -807,6 +832,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=1, help="repeat; report each run's best")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument(
+        "--store-dir",
+        help="folder for the gateway's SQLite files [default: the temporary folder; "
+        "/dev/shm leaves the disk's write-back out]",
+    )
+    p.add_argument(
+        "--gateway-log-level",
+        choices=("info", "warning"),
+        default="info",
+        help="sendergate serve --log-level: info (the default) writes one line per event",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
     return p.parse_args(argv)
 
@@ -857,6 +893,8 @@ def main(argv: Sequence[str]) -> int:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            for folder in bench.cleanup:
+                shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

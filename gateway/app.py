@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import audit, review
@@ -34,7 +36,7 @@ from gateway.metrics import Metrics, metrics_endpoint
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Target
 from gateway.pipeline import CertCache, Pipeline
 from gateway.providers import build_provider
-from gateway.ratelimit import LocalRateLimiter
+from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.recorder import Recorder
 from gateway.settings import RuleDecl, Settings
 from gateway.snapshot import SnapshotHolder
@@ -228,6 +230,42 @@ async def _review_schedule(state: AppState, interval_s: float) -> None:
             log.exception("scheduled review failed")
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background ``tasks`` and wait until each has ended. A task can swallow
+    one cancellation (on Python 3.11 ``asyncio.wait_for``, also inside redis-py, returns
+    a result that raced with the cancel), so one still running after a moment is
+    cancelled again rather than waited for forever."""
+    for task in tasks:
+        task.cancel()
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _rate_limiter(store: Store) -> RateLimiter:
+    """Per-sender rate limits: counted in Redis, shared by the replicas, when the store is
+    Redis (falling back to per-process counts while Redis is unreachable); per process
+    otherwise."""
+    if store.name == "redis":
+        from gateway.store.redis import RedisStore  # only Redis deployments load redis-py
+
+        if isinstance(store, RedisStore):
+            return RedisRateLimiter(store)
+    return LocalRateLimiter()
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The caller hung up before its request body was complete: nobody is left to answer
+    and nothing went wrong here, so no error and no traceback in the log (a client that
+    keeps doing it must not be able to flood the log)."""
+    return Response(status_code=400)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -260,7 +298,7 @@ def create_app(
     # Contact counts and per-sender rate limits of the hot path (gateway.contacts,
     # gateway.ratelimit), and the Prometheus metrics (one registry per app).
     contact_tracker = ContactTracker()
-    rate_limiter = LocalRateLimiter()
+    rate_limiter = _rate_limiter(the_store)
     metrics = Metrics()
     pipeline = Pipeline(
         settings,
@@ -326,6 +364,8 @@ def create_app(
                 )
             )
             tasks.append(asyncio.create_task(contact_tracker.run(the_store, interval_s=0.25)))
+            # serve --workers N: keeps this worker's gauges current (a no-op otherwise)
+            tasks.append(asyncio.create_task(metrics.run()))
             if settings.review.interval_s is not None:
                 tasks.append(
                     asyncio.create_task(_review_schedule(state, settings.review.interval_s))
@@ -334,15 +374,17 @@ def create_app(
         finally:
             # Finish what was started (bounded), then write what is buffered.
             await pipeline.drain()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _cancel_all(tasks)
             with contextlib.suppress(GatewayError):
                 await recorder.flush()
             with contextlib.suppress(GatewayError):
                 await contact_tracker.flush(the_store)
+            if recorder.pending:  # the store is unreachable: say what is lost, and how much
+                log.error(
+                    "shutdown: %d event records and rule hit counts could not be written "
+                    "(store unavailable) and are lost",
+                    recorder.pending,
+                )
             await forwarder.aclose()
             await the_store.close()
 
@@ -362,6 +404,7 @@ def create_app(
         exception_handlers={
             GatewayError: gateway_error_handler,
             HTTPException: http_exception_handler,
+            ClientDisconnect: _client_gone,
             Exception: unexpected_error_handler,
         },
     )

@@ -11,12 +11,13 @@ errors are reported in one place (``_Main.invoke``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -28,7 +29,10 @@ from gateway.rulefiles import FORMATS, Row, RuleFileError, format_of, read_rules
 from gateway.settings import Settings, config_path_from, load_settings
 
 if TYPE_CHECKING:  # the client (and httpx) are imported when a command needs them
+    from starlette.applications import Starlette
+
     from gateway.client import Rule, SenderGateClient, SenderGateError
+    from gateway.logs import JsonLogListener
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # gateway.client.DEFAULT_URL, without importing httpx
 CONFIG_HELP = "config file [default: $SENDERGATE_CONFIG, else ./config.toml]"
@@ -131,6 +135,13 @@ Examples:
   sendergate serve                                  # ./config.toml, host/port from [server]
   sendergate serve --config /etc/sendergate/config.toml --host 0.0.0.0 --port 8080
   SENDERGATE_CONFIG=prod.toml sendergate serve --workers 4 --access-log
+  sendergate serve --graceful-timeout 20 --log-level warning
+
+\b
+Logs are JSON lines on stderr (docs/operations.md): one per decided event at info level,
+uvicorn's own lines, and one per request with --access-log. On SIGTERM the gateway stops
+accepting connections, lets in-flight webhooks finish (up to --graceful-timeout), then
+writes what it has buffered and exits.
 """,
 )
 @click.option("--config", "config_path", metavar="PATH", help=CONFIG_HELP)
@@ -144,12 +155,27 @@ Examples:
     default=1,
     show_default=True,
     metavar="N",
-    help="worker processes (each builds the app from the same config file)",
+    help="worker processes (each builds the app from the same config file; /metrics of "
+    "any of them counts all of them)",
 )
 @click.option(
     "--access-log/--no-access-log",
     default=None,
-    help="log one line per HTTP request [default: [server] access_log]",
+    help="log one line per HTTP request, without its query string [default: [server] access_log]",
+)
+@click.option(
+    "--graceful-timeout",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="on SIGTERM, how long in-flight requests may take to finish before they are "
+    "cancelled [default: the longest forward timeout of the config + 1]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(("debug", "info", "warning", "error")),
+    default="info",
+    show_default=True,
+    help="info includes the line per event",
 )
 def serve(
     config_path: str | None,
@@ -157,6 +183,8 @@ def serve(
     port: int | None,
     workers: int,
     access_log: bool | None,
+    graceful_timeout: int | None,
+    log_level: str,
 ) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     settings = _load(config_path)
@@ -167,40 +195,124 @@ def serve(
         access_log=settings.server.access_log if access_log is None else access_log,
     )
     settings = dataclasses.replace(settings, server=server)
+    graceful = graceful_timeout if graceful_timeout is not None else _graceful_default(settings)
+
+    import logging
+    import shutil
+    import tempfile
 
     import uvicorn
 
-    # loop="auto" and http="auto" (uvicorn's defaults) pick uvloop and httptools.
-    if workers == 1:
-        from gateway.app import create_app
+    from gateway.logs import setup_logging
 
+    # JSON lines on stderr, written by a thread; uvicorn's loggers go through the same
+    # queue (log_config=None: uvicorn adds no handlers of its own).
+    listener = setup_logging(log_level, access_log=server.access_log)
+    log = logging.getLogger("sendergate.serve")
+    metrics_dir: str | None = None
+    try:
+        # loop="auto" and http="auto" (uvicorn's defaults) pick uvloop and httptools.
+        if workers == 1:
+            from gateway.app import create_app
+
+            try:
+                app = create_app(settings)
+            except ConfigError as exc:
+                _config_failed(exc)
+            _stop_logs_after_shutdown(app, listener)
+            log.info("serve: 1 worker, graceful shutdown timeout %d s", graceful)
+            uvicorn.run(
+                app,
+                host=server.host,
+                port=server.port,
+                log_config=None,
+                log_level=log_level,
+                access_log=server.access_log,
+                lifespan="on",
+                timeout_graceful_shutdown=graceful,
+            )
+        else:
+            # Worker processes cannot share an app object: each one imports the
+            # zero-argument factory, which reads the same file through SENDERGATE_CONFIG.
+            # They are started fresh (spawn) and inherit this environment, so the metrics
+            # directory is set before any of them imports prometheus-client.
+            assert settings.config_path is not None  # load_settings always records it
+            metrics_dir = tempfile.mkdtemp(prefix="sendergate-metrics-")
+            os.environ["SENDERGATE_CONFIG"] = settings.config_path
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            os.environ[_WORKER_LOG_LEVEL] = log_level
+            os.environ[_WORKER_ACCESS_LOG] = "1" if server.access_log else "0"
+            log.info(
+                "serve: %d workers, graceful shutdown timeout %d s, metrics aggregated in %s",
+                workers,
+                graceful,
+                metrics_dir,
+            )
+            uvicorn.run(
+                "gateway.cli:worker_app",
+                factory=True,
+                workers=workers,
+                host=server.host,
+                port=server.port,
+                log_config=None,
+                log_level=log_level,
+                access_log=server.access_log,
+                lifespan="on",
+                timeout_graceful_shutdown=graceful,
+            )
+    finally:
+        listener.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+# How serve passes its logging options to the worker processes of --workers N.
+_WORKER_LOG_LEVEL = "SENDERGATE_LOG_LEVEL"
+_WORKER_ACCESS_LOG = "SENDERGATE_ACCESS_LOG"
+
+
+def _graceful_default(settings: Settings) -> int:
+    """Long enough for the slowest forward to end on its own: the longest forward timeout
+    of the config, plus a second for the gateway's own work."""
+    import math
+
+    timeouts = [settings.forward.timeout_s]
+    timeouts += [s.timeout_s for s in settings.sources.values() if s.timeout_s]
+    return math.ceil(max(timeouts)) + 1
+
+
+def _stop_logs_after_shutdown(app: Starlette, listener: JsonLogListener) -> None:
+    """Write the queued log lines when the app's lifespan ends, and later ones directly.
+
+    uvicorn ends a process that it shut down on SIGTERM by raising that signal again (so
+    that the exit status says so): no ``finally`` after ``uvicorn.run`` runs then, and a
+    line still in the queue would be lost with the writer thread."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
         try:
-            app = create_app(settings)
-        except ConfigError as exc:
-            _config_failed(exc)
-        uvicorn.run(
-            app,
-            host=server.host,
-            port=server.port,
-            log_level="info",
-            access_log=server.access_log,
-            lifespan="on",
-        )
-    else:
-        # Worker processes cannot share an app object: each one imports the zero-argument
-        # factory, which reads the same file through SENDERGATE_CONFIG.
-        assert settings.config_path is not None  # load_settings always records it
-        os.environ["SENDERGATE_CONFIG"] = settings.config_path
-        uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            workers=workers,
-            host=server.host,
-            port=server.port,
-            log_level="info",
-            access_log=server.access_log,
-            lifespan="on",
-        )
+            async with inner(app_) as state:
+                yield state
+        finally:
+            listener.stop()
+
+    app.router.lifespan_context = lifespan
+
+
+def worker_app() -> Starlette:
+    """The app of one ``serve --workers N`` worker (uvicorn's factory, called in the worker
+    process): JSON logging as in the parent process, then ``gateway.app.app_from_env``."""
+    from gateway.app import app_from_env
+    from gateway.logs import setup_logging
+
+    listener = setup_logging(
+        os.environ.get(_WORKER_LOG_LEVEL, "info"),
+        access_log=os.environ.get(_WORKER_ACCESS_LOG) == "1",
+    )
+    app = app_from_env()
+    _stop_logs_after_shutdown(app, listener)
+    return app
 
 
 @main.group(

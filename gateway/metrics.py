@@ -1,9 +1,14 @@
 """Prometheus metrics, one registry per app (no module-level state).
 
 With ``sendergate serve --workers N`` each worker is its own process: prometheus-client's
-multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the CLI) writes every worker's
-values to files, and a scrape of any worker aggregates them all. Gauges that describe one
-process (snapshot age, buffered items) are labelled by pid and summed or maxed as fits.
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh directory the CLI makes before
+the workers start and removes at exit) writes every worker's values to files, and a scrape
+of any worker aggregates them all: counters and histograms are summed over the workers
+(a worker that died and was replaced keeps its counts), per-process gauges are combined
+over the live workers (snapshot age and rules: the largest; buffered items: the sum).
+Because a scrape is answered by one worker, each worker refreshes its own gauges every
+second (``run``) rather than only when it happens to be scraped, and the live gauges of
+workers that are gone are removed before each scrape.
 
 Children of labelled metrics are cached per label tuple: ``labels()`` costs a lock and a
 dict lookup, and the hot path should pay it once per distinct label set, not per event.
@@ -11,7 +16,10 @@ dict lookup, and the hot path should pay it once per distinct label set, not per
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +31,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -59,6 +67,23 @@ _DECIDE_BUCKETS = (
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Remove the live gauges of processes that no longer exist (a worker that crashed or
+    was replaced), so that its last buffered count or snapshot age stops showing."""
+    with contextlib.suppress(OSError):
+        pids = {int(m[1]) for name in os.listdir(directory) if (m := _LIVE_GAUGE_FILE.match(name))}
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            except PermissionError:  # alive, another user's
+                pass
 
 
 class Metrics:
@@ -102,13 +127,13 @@ class Metrics:
         self.snapshot_age = Gauge(
             "sendergate_snapshot_age_seconds",
             "Seconds since this process loaded its rules",
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.snapshot_rules = Gauge(
             "sendergate_snapshot_rules",
             "Active rules in this process's snapshot",
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.store_errors = Counter(
@@ -117,7 +142,7 @@ class Metrics:
         self.buffered = Gauge(
             "sendergate_buffered_items",
             "Events and counters waiting to be written",
-            multiprocess_mode="sum",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.buffer_overflow = Gauge(
@@ -152,12 +177,27 @@ class Metrics:
         """Run ``hook`` before each scrape (to refresh gauges such as snapshot age)."""
         self._scrape_hooks.append(hook)
 
-    def render(self) -> bytes:
+    def refresh(self) -> None:
+        """Run the scrape hooks: bring this process's gauges up to date."""
         for hook in self._scrape_hooks:
             hook()
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """In multiprocess mode, refresh this worker's gauges every ``interval_s`` (a
+        scrape is answered by one worker and refreshes only that one's); otherwise
+        return at once (the scrape refreshes them)."""
+        if multiprocess_dir() is None:
+            return
+        while True:
+            self.refresh()
+            await asyncio.sleep(interval_s)
+
+    def render(self) -> bytes:
+        self.refresh()
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)
+        _forget_dead_workers(directory)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(merged)

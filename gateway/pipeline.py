@@ -1,9 +1,11 @@
 """One webhook, start to end: verify → parse → normalise → decide → forward or drop →
 record. Orchestration only; every step lives in its own module.
 
-The decision never waits on the store: it reads the in-process snapshot. A drop waits on
-exactly one local write (the quarantine record, stored before the answer so that nothing
-dropped is lost). A delivery waits on the application, and its record is written in the
+The decision never waits on the store: it reads the in-process snapshot (the one
+exception: an event to a target with a ``rate_limit`` waits on the limiter, one round trip
+to Redis when the store is Redis; ``gateway.ratelimit``). A drop waits on exactly one
+local write (the quarantine record, stored before the answer so that nothing dropped is
+lost). A delivery waits on the application, and its record is written in the
 background. A provider's retry of an event that was already delivered is answered from
 the record (in-process cache, then the store) without a second forward.
 """
@@ -28,7 +30,7 @@ from gateway.logs import event_log
 from gateway.metrics import Metrics
 from gateway.models import Decision, Family, Sender, Target, family_of_channel
 from gateway.providers import Answer, ParsedEvent, Provider, RawRequest
-from gateway.ratelimit import LocalRateLimiter
+from gateway.ratelimit import LocalRateLimiter, RateLimiter
 from gateway.recorder import Recorder
 from gateway.rules import RuleSet, decide
 from gateway.settings import Settings, SourceSettings
@@ -172,7 +174,7 @@ class Pipeline:
         certs: CertCache,
         clock: Callable[[], float],
         contacts: ContactTracker | None = None,
-        limiter: LocalRateLimiter | None = None,
+        limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -185,7 +187,7 @@ class Pipeline:
         self.clock = clock
         self.answers = AnswerCache()
         self.contacts = contacts if contacts is not None else ContactTracker()
-        self.limiter = limiter if limiter is not None else LocalRateLimiter()
+        self.limiter: RateLimiter = limiter if limiter is not None else LocalRateLimiter()
         self.metrics = metrics if metrics is not None else Metrics()
         self._store_down = False
         self._drop_replies: dict[Answer, Reply] = {}  # providers' constant drop answers
@@ -321,10 +323,11 @@ class Pipeline:
                 target is not None
                 and target.rate_limit
                 and decision.verdict != "drop"
-                and not self.limiter.check(target.id, sender.value, target.rate_limit, now)
+                and not await self.limiter.allow(target.id, sender.value, target.rate_limit, now)
             ):
                 # Per-sender rate limit: the excess is dropped (and quarantined); a shadow
-                # target only records that it would have been.
+                # target only records that it would have been. Only targets with a limit
+                # await the limiter (one Redis round trip when the store is Redis).
                 if target.enforce:
                     decision = decision._replace(verdict="drop", reason="rate_limited")
                 else:

@@ -22,23 +22,49 @@ Two implementations fit the ``RateLimiter`` protocol:
   ``max_keys``: the least recently seen (target, sender) pairs are forgotten first, so a
   flood of distinct senders cannot grow it. ``allow`` never awaits anything; ``check`` is
   the same call without the coroutine, for callers that prefer it.
-* A Redis-backed limiter, shared by every replica, for the Redis store (to be written
-  with it). Its ``allow`` does one round trip: a Lua script (or ``MULTI``) on the keys
-  ``sg:rl:{target}:{sender}:{window}`` for the current and previous window computes the
-  same estimate, ``INCR``s the current window only when the event is allowed, and sets
-  ``EXPIRE`` to two periods so that old windows vanish by themselves. When Redis is
-  down it should fall back to a ``LocalRateLimiter`` (fail-static, like decisions).
+* ``RedisRateLimiter`` (here): shared by every replica, for the Redis store (``create_app``
+  picks it when ``[store] url`` is Redis). Its ``allow`` does one round trip on the
+  store's own connection pool: a Lua script reads the keys
+  ``{key_prefix}rl:{target}:{sender}:{window}`` of the current and the previous window
+  (``window`` is ``floor(now / period)``), computes the same estimate, ``INCR``s the
+  current window only when the event is allowed, and sets ``PEXPIRE`` to two periods so
+  that old windows vanish by themselves. Only events to a target with a ``rate_limit``
+  pay that round trip (about 50–100 µs on a nearby Redis); every other event never
+  touches the limiter. ``now`` is the replica's clock, so the replicas' clocks should
+  agree (NTP) to well within a period. When Redis cannot be reached (or does not answer
+  within ``timeout_s``) it falls back to a ``LocalRateLimiter``: fail-static, like
+  decisions. The limit then holds per process until Redis is back; the switch is logged
+  once each way, and Redis is tried again after ``retry_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["PERIODS", "LocalRateLimiter", "Rate", "RateLimiter", "parse_rate"]
+from gateway.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+    from gateway.store.redis import RedisStore
+
+__all__ = [
+    "PERIODS",
+    "LocalRateLimiter",
+    "Rate",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "parse_rate",
+]
+
+log = logging.getLogger("sendergate.ratelimit")
 
 PERIODS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _SPEC = re.compile(r"\s*([1-9][0-9]{0,8})\s*/\s*(second|minute|hour|day)\s*")
@@ -122,3 +148,84 @@ class LocalRateLimiter:
 
     async def allow(self, target_id: str, sender: str, limit_spec: str, now: float) -> bool:
         return self.check(target_id, sender, limit_spec, now)
+
+
+# KEYS[1] the current window's count, KEYS[2] the previous window's; ARGV[1] the limit,
+# ARGV[2] the weight of the previous window, ARGV[3] the keys' time to live in ms.
+# Answers 1 (allowed, and counted) or 0 (over the limit, not counted).
+_ALLOW_LUA = r"""
+local counts = redis.call('MGET', KEYS[1], KEYS[2])
+local current = tonumber(counts[1]) or 0
+local previous = tonumber(counts[2]) or 0
+if previous * tonumber(ARGV[2]) + current + 1 > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RedisRateLimiter:
+    """The ``RateLimiter`` shared by the replicas of a Redis store (see the module
+    docstring). It borrows the store's client (``RedisStore.client()``): the same pool,
+    timeouts and fail-fast breaker. ``local`` is the fallback while Redis is unreachable;
+    ``degraded`` tells whether the limiter is counting there now."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        timeout_s: float = 0.5,
+        retry_s: float = 1.0,
+        local: LocalRateLimiter | None = None,
+    ) -> None:
+        # redis-py is imported by Redis deployments only (as gateway.store.open_store does).
+        from redis.exceptions import RedisError
+
+        self._store = store
+        self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._failures: tuple[type[BaseException], ...] = (
+            StoreUnavailable,
+            RedisError,
+            OSError,
+            TimeoutError,
+        )
+        self.local = local if local is not None else LocalRateLimiter()
+        self.degraded = False
+        self._retry_at = 0.0  # monotonic time before which Redis is not tried again
+        self._script: AsyncScript | None = None
+
+    def key(self, target_id: str, sender: str, window: int) -> str:
+        """The Redis key counting ``sender``'s events to ``target_id`` in fixed window
+        number ``window`` (``floor(now / period)``)."""
+        return f"{self._store.prefix}rl:{target_id}:{sender}:{window}"
+
+    async def allow(self, target_id: str, sender: str, limit_spec: str, now: float) -> bool:
+        rate = parse_rate(limit_spec)
+        if self.degraded and time.monotonic() < self._retry_at:
+            return self.local.check(target_id, sender, limit_spec, now)
+        period = rate.period_s
+        window = math.floor(now / period)
+        elapsed = min(max(0.0, now - window * period), period)
+        keys = [self.key(target_id, sender, window), self.key(target_id, sender, window - 1)]
+        args: list[int | str] = [rate.limit, repr(1.0 - elapsed / period), 2000 * period]
+        try:
+            async with asyncio.timeout(self._timeout_s), self._store.client() as r:
+                if self._script is None:
+                    self._script = r.register_script(_ALLOW_LUA)
+                allowed = await self._script(keys=keys, args=args, client=r)
+        except self._failures as exc:
+            self._retry_at = time.monotonic() + self._retry_s
+            if not self.degraded:
+                self.degraded = True
+                log.warning(
+                    "rate limits: Redis unavailable (%s); counting per process until it is back",
+                    exc or type(exc).__name__,
+                )
+            return self.local.check(target_id, sender, limit_spec, now)
+        if self.degraded:
+            self.degraded = False
+            log.info("rate limits: Redis is back; counting in Redis again, shared by replicas")
+        return bool(allowed)

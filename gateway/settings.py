@@ -56,6 +56,9 @@ class StoreSettings:
     poll_interval_s: float = 0.25
     event_retention_days: int = 14
     key_prefix: str = "sendergate:"  # Redis: the start of every key and channel name
+    # Reload only the scopes a change touched (gateway.snapshot); false reloads and
+    # compiles every rule on each change (for comparison, or to rule the feature out).
+    incremental_reload: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +469,14 @@ REDIS_POLL_INTERVAL_S = 1.0  # pub/sub is the fast path; polling only backs it u
 
 
 def _store(t: _Table) -> StoreSettings:
-    t.allow("url", "cold_start", "poll_interval_s", "event_retention_days", "key_prefix")
+    t.allow(
+        "url",
+        "cold_start",
+        "poll_interval_s",
+        "event_retention_days",
+        "key_prefix",
+        "incremental_reload",
+    )
     d = StoreSettings()
     url = t.secret("url") or d.url  # a Redis password may come from the environment
     redis = url.startswith(("redis://", "rediss://"))
@@ -508,6 +518,7 @@ def _store(t: _Table) -> StoreSettings:
         ),
         event_retention_days=t.integer("event_retention_days", d.event_retention_days),
         key_prefix=d.key_prefix if prefix is None else prefix,
+        incremental_reload=t.flag("incremental_reload", d.incremental_reload),
     )
 
 

@@ -1,16 +1,39 @@
 """The current RuleSet, swapped atomically when the store's version moves.
 
 Webhooks read ``holder.current`` — a plain attribute read, never an await on the store.
-A reload compiles a fresh, immutable RuleSet and replaces the reference in one
-assignment, so a request sees either the old snapshot or the new one, never a mix.
+A reload builds a fresh, immutable RuleSet and replaces the reference in one assignment,
+so a request sees either the old snapshot or the new one, never a mix.
 
 Changes reach a process three ways:
 * its own admin writes call ``reload()`` and wait for it (read-your-writes for the API);
-* the poller compares ``store.version()`` every ``poll_interval_s`` (SQLite: other
-  workers and the CLI writing to the same file become visible well within 1 s);
-* a store that can push invalidations (Redis) calls ``notify(version)`` per write, and
-  ``notify(None)`` after each (re)connection, when messages may have been lost: the
-  poller then compares versions, so nothing is missed.
+* the poller asks the store every ``poll_interval_s`` what changed since its snapshot
+  (SQLite: other workers and the CLI writing to the same file become visible well
+  within 1 s);
+* a store that can push invalidations (Redis) calls ``notify(version, scopes)`` per
+  write, and ``notify(None)`` after each (re)connection, when messages may have been
+  lost: the poller then compares versions, so nothing is missed.
+
+Incremental reloads. Every write names the scopes it changed (a target's id, or an org
+list): in the Redis invalidation message, and in the store's change log
+(``Store.changed_scopes``). The holder keeps, for the versions after its snapshot's,
+which scopes each one changed (``_seen``) and the version at which it last read each
+scope (``_fresh``); it reads just the scopes that are not fresh enough
+(``Store.scope_rules``) and builds the next RuleSet with ``RuleSet.replace_scopes``,
+which shares every other scope's compiled data. The snapshot's ``version`` only moves
+past a version once every scope that version changed has been read at or after it, so
+``version`` always means "every write up to here is in". When the versions heard of do
+not account for every version up to the store's (a lost message, a reconnection, a
+write whose message is still on its way, a write by this process), the change log fills
+the gap. Bursts coalesce: messages that arrive during a reload are handled together by
+the next one.
+
+A full reload (``snapshot_rules`` and ``compile_rules``, seconds for a million rules)
+happens at start-up, when the log cannot account for a version (it keeps the last
+``CHANGE_LOG_KEEP``, or the store went back), when a write changed more scopes than the
+log lists, and when incremental is not cheaper: more than ``max_scopes`` scopes, or
+scopes holding more than half of the rules. (An org list change also rebuilds the
+per-recipient entries of its family; measured, that stays far below a full compile:
+docs/redis.md.) ``[store] incremental_reload = false`` makes every change a full reload.
 
 Cold start (SPEC §5): when the store cannot be reached at start-up there is no snapshot,
 and webhooks are answered 503 so that providers retry, unless ``[store] cold_start =
@@ -24,54 +47,69 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from gateway.errors import StoreUnavailable
+from gateway.models import Target
 from gateway.rules import RuleSet, compile_rules
 from gateway.settings import Settings
-from gateway.store.base import Store
+from gateway.store.base import SnapshotRule, Store
 
 log = logging.getLogger("sendergate.snapshot")
+
+DEFAULT_MAX_SCOPES = 256  # more changed scopes than this at once: a full reload
+_MAX_ROUNDS = 4  # read-and-apply rounds per refresh before the next wake takes over
 
 
 class SnapshotHolder:
     def __init__(
-        self, store: Store, settings: Settings, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        incremental: bool | None = None,
+        max_scopes: int = DEFAULT_MAX_SCOPES,
     ) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
+        self._incremental = (
+            settings.store.incremental_reload if incremental is None else incremental
+        )
+        self._max_scopes = max_scopes
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.current: RuleSet | None = None
         self.loaded_at: float | None = None
-        self.reloads = 0
+        self.reloads = 0  # snapshots swapped in (full or incremental)
+        self.full_reloads = 0
+        self.incremental_reloads = 0
         self.last_error: str | None = None
         # True while ``current`` is the fail_open placeholder, not rules from the store.
         self.defaults_only = False
+        # Versions after the snapshot's that this process heard of → the scopes each one
+        # changed (None: too many to list, only a full reload will do).
+        self._seen: dict[int, tuple[str, ...] | None] = {}
+        # Scope → the store version at which it was last read (kept while above the
+        # snapshot's version).
+        self._fresh: dict[str, int] = {}
+        self._compare = False  # the next refresh asks the store what changed
 
-    async def reload(self) -> RuleSet:
-        """Load and compile the store's rules now (coalescing concurrent callers)."""
+    # --- public --------------------------------------------------------------------------
+
+    async def reload(self, scopes: Iterable[str] | None = None) -> RuleSet:
+        """Make the snapshot current now (coalescing concurrent callers) and return it.
+
+        Without a snapshot, or with ``incremental_reload`` off, this is a full load when
+        the store's version moved. Otherwise the store's change log says which scopes
+        changed and only those are read. ``scopes`` (optional) names scopes the caller
+        has just written, which are read again in any case."""
+        hint = frozenset(scopes or ())
         async with self._lock:
-            version, targets, rows = await self._store.snapshot_rules()
-            if self.current is not None and self.current.version == version:
-                return self.current
-            # Compiling a large rule set is CPU work; a thread lets the event loop keep
-            # answering webhooks from the old snapshot meanwhile.
-            ruleset = await asyncio.to_thread(
-                compile_rules,
-                targets,
-                rows,
-                mail_mode=self._settings.mail_filter_mode,
-                phone_mode=self._settings.phone_filter_mode,
-                version=version,
-            )
-            self.current = ruleset
-            self.loaded_at = self._clock()
-            self.reloads += 1
-            self.last_error = None
-            self.defaults_only = False
-            return ruleset
+            if self._needs_full_load():
+                return await self._full_reload()
+            return await self._catch_up(hint, compare=True)
 
     def use_defaults(self) -> None:
         """Cold start with ``fail_open``: decide with the default modes and no rules until
@@ -89,31 +127,215 @@ class SnapshotHolder:
         self.defaults_only = True
 
     def request_reload(self) -> None:
+        self._compare = True
         self._wake.set()
 
-    def notify(self, version: int | None) -> None:
-        """An invalidation: the store is at ``version`` now (None: unknown, compare). The
-        poller wakes and reloads unless this snapshot already is that version (this
-        process's own admin writes reload before they answer)."""
+    def notify(self, version: int | None, scopes: Iterable[str] | None = None) -> None:
+        """An invalidation: the store is at ``version`` now and that write changed
+        ``scopes``. ``version`` None: messages may have been lost, compare with the
+        store; ``scopes`` None (or empty): not said, the store's change log will say. The
+        poller wakes unless this snapshot already has that version."""
         current = self.current
-        if version is not None and current is not None and current.version == version:
-            return
+        if (
+            version is not None
+            and current is not None
+            and version <= current.version
+            and not self.defaults_only
+        ):
+            return  # already in (this process's own admin writes reload before answering)
+        names = tuple(scopes) if scopes is not None else ()
+        if version is not None and names:
+            self._seen[version] = names
+        else:
+            self._compare = True
         self._wake.set()
 
     async def run(self, interval_s: float) -> None:
-        """Poll the store's version; reload when it moved. Store errors are logged and
-        the last snapshot stays in force (fail-static)."""
+        """Refresh on each invalidation, and every ``interval_s`` ask the store what
+        changed. Store errors are logged and the last snapshot stays in force
+        (fail-static)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
+            timed_out = not self._wake.is_set()
             self._wake.clear()
             try:
-                version = await self._store.version()
-                if self.current is None or version != self.current.version:
-                    await self.reload()
+                await self._refresh(compare=timed_out)
             except StoreUnavailable as exc:
                 if self.last_error != str(exc):
                     log.warning("snapshot refresh failed, keeping the last one: %s", exc)
                 self.last_error = str(exc)
             except Exception:  # a bug must not stop refreshing for the life of the process
                 log.exception("snapshot refresh failed")
+
+    # --- refresh -------------------------------------------------------------------------
+
+    async def _refresh(self, *, compare: bool) -> None:
+        async with self._lock:
+            compare = compare or self._compare
+            self._compare = False
+            if self._needs_full_load():
+                await self._full_reload()
+            elif not self._incremental:
+                # As before incremental reloads: compare versions, load everything.
+                current = self.current
+                assert current is not None
+                if await self._store.version() != current.version:
+                    await self._full_reload(force=True)
+            elif compare or self._seen:
+                await self._catch_up(frozenset(), compare=compare)
+
+    def _needs_full_load(self) -> bool:
+        return self.current is None or self.defaults_only
+
+    async def _full_reload(self, *, force: bool = False) -> RuleSet:
+        """Read and compile everything (under the lock)."""
+        version, targets, rows = await self._store.snapshot_rules()
+        current = self.current
+        if (
+            not force
+            and current is not None
+            and not self.defaults_only
+            and current.version == version
+        ):
+            return current
+        # Compiling a large rule set is CPU work; a thread lets the event loop keep
+        # answering webhooks from the old snapshot meanwhile.
+        ruleset = await asyncio.to_thread(
+            compile_rules,
+            targets,
+            rows,
+            mail_mode=self._settings.mail_filter_mode,
+            phone_mode=self._settings.phone_filter_mode,
+            version=version,
+        )
+        # Scopes read from here on are read after this snapshot: none is fresher.
+        self._fresh.clear()
+        self._install(ruleset)
+        self.full_reloads += 1
+        self.defaults_only = False
+        return ruleset
+
+    async def _catch_up(self, hint: frozenset[str], *, compare: bool) -> RuleSet:
+        """Bring the snapshot up to the newest version heard of by reading only the
+        scopes that changed; fall back to a full reload when that is not possible or not
+        cheaper (under the lock)."""
+        current = self.current
+        assert current is not None
+        if not self._incremental:
+            if await self._store.version() == current.version:
+                return current
+            return await self._full_reload(force=True)
+        base = current.version
+        goal = base  # the newest store version known to exist
+        if compare:
+            answer = await self._ask_log(base)
+            if answer is None:
+                return await self._full_reload(force=True)
+            goal = answer
+        ruleset = current
+        pending = set(hint)
+        for _ in range(_MAX_ROUNDS):
+            if any(scopes is None for v, scopes in self._seen.items() if v > base):
+                return await self._full_reload(force=True)  # a write of very many scopes
+            need = self._stale(base) | pending
+            if need:
+                if self._too_costly(ruleset, need):
+                    return await self._full_reload(force=True)
+                version, targets, rows = await self._store.scope_rules(sorted(need))
+                if version < base:
+                    return await self._full_reload(force=True)  # the store went back
+                ruleset = await self._apply(ruleset, targets, rows)
+                for scope in need:
+                    self._fresh[scope] = max(self._fresh.get(scope, -1), version)
+                pending.clear()
+                goal = max(goal, version)
+            covered = self._covered(base)
+            goal = max(goal, max(self._seen, default=base))
+            if covered >= goal:
+                break
+            if self._unheard(covered, goal):
+                answer = await self._ask_log(covered)
+                if answer is None:
+                    return await self._full_reload(force=True)
+                goal = max(goal, answer)
+        else:
+            self._wake.set()  # changes keep coming: go on at the next wake
+        covered = self._covered(base)
+        if ruleset is current and covered == base:
+            return current
+        ruleset = ruleset.with_version(covered)
+        self._install(ruleset)
+        self.incremental_reloads += 1
+        return ruleset
+
+    async def _ask_log(self, since: int) -> int | None:
+        """Learn from the store's change log which scopes each version after ``since``
+        changed, and return the store's version; None when the log cannot say (a full
+        reload is needed)."""
+        answer = await self._store.changed_scopes(since)
+        if answer is None:
+            return None
+        version, changes = answer
+        if version < since:
+            return None
+        for v, scopes in changes.items():
+            if v > since:
+                self._seen[v] = scopes
+        return version
+
+    def _stale(self, base: int) -> set[str]:
+        """Scopes that a version heard of changed after they were last read."""
+        fresh = self._fresh
+        return {
+            scope
+            for v, scopes in self._seen.items()
+            if v > base and scopes
+            for scope in scopes
+            if fresh.get(scope, -1) < v
+        }
+
+    def _covered(self, base: int) -> int:
+        """The highest version up to which every write is in the snapshot being built."""
+        v = base
+        fresh = self._fresh
+        while True:
+            scopes = self._seen.get(v + 1)
+            if scopes is None or any(fresh.get(s, -1) < v + 1 for s in scopes):
+                return v
+            v += 1
+
+    def _unheard(self, covered: int, goal: int) -> bool:
+        """Some version in (covered, goal] was not heard of."""
+        heard = sum(1 for v in self._seen if covered < v <= goal)
+        return heard < goal - covered
+
+    def _too_costly(self, ruleset: RuleSet, need: set[str]) -> bool:
+        """Reading ``need`` scope by scope costs about what reading everything does."""
+        if len(need) > self._max_scopes:
+            return True
+        rows = sum(ruleset.scope_rule_count(scope) for scope in need)
+        return rows > 1000 and rows * 2 > ruleset.rule_count
+
+    async def _apply(
+        self,
+        ruleset: RuleSet,
+        targets: list[Target],
+        rows: dict[str, list[SnapshotRule]],
+    ) -> RuleSet:
+        total = sum(len(r) for r in rows.values())
+        if total < 2000 and ruleset.target_count < 10_000:
+            # Small: less than a millisecond, cheaper than the hop to a thread.
+            return ruleset.replace_scopes(targets, rows, version=ruleset.version)
+        return await asyncio.to_thread(
+            ruleset.replace_scopes, targets, rows, version=ruleset.version
+        )
+
+    def _install(self, ruleset: RuleSet) -> None:
+        version = ruleset.version
+        self._seen = {v: s for v, s in self._seen.items() if v > version}
+        self._fresh = {s: v for s, v in self._fresh.items() if v > version}
+        self.current = ruleset
+        self.loaded_at = self._clock()
+        self.reloads += 1
+        self.last_error = None

@@ -1,5 +1,6 @@
 """The audit log through HTTP: every rule and target write through the API (actor = key
-name), config declarations (actor config, only what they change), and ``GET /v1/audit``."""
+name), config declarations (actor config, only what they change), and ``GET /v1/audit``;
+on both stores."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.settings import MailboxDecl, NumberDecl, RuleDecl
+from gateway.settings import MailboxDecl, NumberDecl, RuleDecl, StoreSettings
 from tests.apptools import ADMIN, MEMBER, make_settings, running
 
 MAILBOX = "sales@acme.example"
@@ -18,8 +19,8 @@ RULES = f"/v1/mailboxes/{MAILBOX}/contact-rules"
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with running(make_settings(tmp_path)) as c:
+def client(tmp_path: Path, app_store: StoreSettings) -> Iterator[TestClient]:
+    with running(make_settings(tmp_path, store=app_store)) as c:
         yield c
 
 
@@ -111,7 +112,7 @@ def test_member_writes_carry_the_member_key_name(client: TestClient) -> None:
     assert (entry["action"], entry["scope"]) == ("rule.create", MAILBOX)
 
 
-def test_config_changes_are_audited_once(tmp_path: Path) -> None:
+def test_config_changes_are_audited_once(tmp_path: Path, app_store: StoreSettings) -> None:
     """Declarations in config.toml are audited with actor config when they change
     something: the first start, not a restart; a changed mode on the next start."""
     declared = (
@@ -120,6 +121,7 @@ def test_config_changes_are_audited_once(tmp_path: Path) -> None:
     )
     settings = make_settings(
         tmp_path,
+        store=app_store,
         mailboxes=declared,
         numbers=(NumberDecl("+14155550100"),),
         org_mail_rules=(RuleDecl("block", "domain", "xyz"),),
@@ -137,6 +139,7 @@ def test_config_changes_are_audited_once(tmp_path: Path) -> None:
         assert len(_log(c, actor="config")) == len(first)
     changed = make_settings(
         tmp_path,
+        store=app_store,
         mailboxes=(MailboxDecl(MAILBOX, filter_mode="whitelist"), declared[1]),
         numbers=(NumberDecl("+14155550100"),),
     )

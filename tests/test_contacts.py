@@ -1,5 +1,6 @@
 """Contacts (SPEC §6, §7): the in-memory tracker of the hot path, its flush into the store,
-and the contacts API through HTTP (lists, one contact, PUT of a state or a category)."""
+and the contacts API through HTTP (lists, one contact, PUT of a state or a category) on
+both stores."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from gateway.app import create_app
 from gateway.contacts import ContactTracker, contact_scope, exact_rule_for
 from gateway.models import ORG_MAIL, ORG_PHONE, Family, Sender, Target, TargetKind
 from gateway.normalise import normalise_email, normalise_phone
-from gateway.settings import MailboxDecl, NumberDecl, Settings
+from gateway.settings import MailboxDecl, NumberDecl, Settings, StoreSettings
 from gateway.store.base import ContactDelta, ContactFilter, Store
 from gateway.store.sqlite import SQLiteStore
 from tests import providers_support as ps
@@ -208,8 +209,7 @@ class Api:
 
     @property
     def store(self) -> Store:
-        store = self.app.state.gw.store
-        assert isinstance(store, SQLiteStore)
+        store: Store = self.app.state.gw.store
         return store
 
     def seed(self, deltas: list[ContactDelta]) -> None:
@@ -262,8 +262,9 @@ def _settings(tmp_path: Path, **changes: Any) -> Settings:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    app = create_app(_settings(tmp_path))
+def api(tmp_path: Path, app_store: StoreSettings) -> Iterator[Api]:
+    """The app on each store."""
+    app = create_app(_settings(tmp_path, store=app_store))
     with TestClient(app) as client:
         yield Api(client, app)
 

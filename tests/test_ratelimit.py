@@ -1,11 +1,28 @@
 """Per-sender rate limits (``gateway.ratelimit``), driven by an injected clock: the
-``now`` each call is given."""
+``now`` each call is given. The Redis limiter runs against a real redis-server: the same
+answers as the local one, shared by two stores (two replicas), windows that expire by
+themselves, and the local fallback while Redis is stopped or stuck."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
-from gateway.ratelimit import LocalRateLimiter, Rate, RateLimiter, parse_rate
+from gateway.app import create_app
+from gateway.ratelimit import LocalRateLimiter, Rate, RateLimiter, RedisRateLimiter, parse_rate
+from gateway.settings import StoreSettings
+from gateway.store.redis import RedisStore
+from tests.apptools import make_settings
+from tests.conftest import fresh_prefix
+from tests.redis_support import RedisServer, require_redis_server
 
 HOUR = 3600.0
 T = 1_700_000_000.0 - (1_700_000_000.0 % HOUR)  # the start of an hour window
@@ -104,3 +121,160 @@ async def test_allow_is_the_protocol_entry_point() -> None:
     answers = [await limiter.allow("t", "s", "2/second", T) for _ in range(3)]
     assert answers == [True, True, False]
     assert await limiter.allow("t", "s", "2/second", T + 2)
+
+
+# --- shared in Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_server.url, key_prefix=fresh_prefix())
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_answers_as_the_local_limiter(redis_store: RedisStore) -> None:
+    """The same events (targets with per-second, per-minute and per-hour limits, a few
+    senders, a clock that crosses many window boundaries) get the same answers from the
+    Redis limiter as from the local one: the same sliding window, per target and sender."""
+    rng = random.Random(5)
+    limits = {"t-second": "2/second", "t-minute": "4/minute", "t-hour": "6/hour"}
+    steps = (0.0,) * 6 + (0.01, 0.1, 0.3, 0.9, 17.0, 45.0, 300.0)
+    local, shared = LocalRateLimiter(), RedisRateLimiter(redis_store)
+    now = T
+    answers: dict[str, list[tuple[bool, bool]]] = {target: [] for target in limits}
+    for _ in range(600):
+        now += rng.choice(steps)
+        target = rng.choice(list(limits))
+        sender = rng.choice(("+14155550001", "+14155550002", "bob@spam.example"))
+        spec = limits[target]
+        answers[target].append(
+            (local.check(target, sender, spec, now), await shared.allow(target, sender, spec, now))
+        )
+    for pairs in answers.values():
+        assert [x for x, _ in pairs] == [y for _, y in pairs]
+        assert {x for x, _ in pairs} == {True, False}  # the limits were reached
+    assert not shared.degraded
+
+
+@pytest.mark.redis
+async def test_redis_limit_is_shared_per_target_and_sender(redis_server: RedisServer) -> None:
+    """Two stores on one Redis (two replicas) share each (target, sender) count: 3/minute
+    lets 3 of 5 events through whichever replica they reach; another sender, or the same
+    sender to another target, has its own count."""
+    prefix = fresh_prefix()
+    a, b = (RedisStore(redis_server.url, key_prefix=prefix) for _ in range(2))
+    await a.open()
+    await b.open()
+    try:
+        on_a, on_b = RedisRateLimiter(a), RedisRateLimiter(b)
+        spec = "3/minute"
+        first = [await on_a.allow("+14155550101", "+14155550144", spec, T) for _ in range(3)]
+        then = [await on_b.allow("+14155550101", "+14155550144", spec, T + 1) for _ in range(2)]
+        assert first == [True, True, True] and then == [False, False]
+        assert await on_b.allow("+14155550101", "+14155550145", spec, T + 2)
+        assert await on_a.allow("+14155550102", "+14155550144", spec, T + 2)
+        assert not await on_a.allow("+14155550101", "+14155550144", spec, T + 59)
+        assert await on_a.allow("+14155550101", "+14155550144", spec, T + 120)  # expired
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_windows_expire_by_themselves(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """A window is one key, {prefix}rl:{target}:{sender}:{window}, living two periods:
+    with 2/second on the real clock the key is gone after two seconds and the sender may
+    send again."""
+    limiter = RedisRateLimiter(redis_store)
+    target, sender = "+14155550100", "+14155550199"
+    now = time.time()
+    assert [await limiter.allow(target, sender, "2/second", now) for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    key = f"{redis_store.prefix}rl:{target}:{sender}:{math.floor(now)}"
+    assert limiter.key(target, sender, math.floor(now)) == key
+    assert redis_server.command("GET", key) == b"2"
+    ttl = int(redis_server.command("PTTL", key)[1:])
+    assert 0 < ttl <= 2000
+    deadline = time.monotonic() + 4.0
+    while redis_server.command("EXISTS", key) != b":0":
+        assert time.monotonic() < deadline, "the window key did not expire"
+        await asyncio.sleep(0.05)
+    assert await limiter.allow(target, sender, "2/second", time.time())
+
+
+@pytest.mark.redis
+async def test_redis_stopped_falls_back_to_local_counts_and_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis stopped the limiter counts per process (fail-static: a warning logged
+    once, however many events); with Redis back it counts there again, where the events
+    from before the outage still are."""
+    redis = RedisServer(tmp_path / "redis", binary=require_redis_server())
+    redis.start()
+    store = RedisStore(redis.url, key_prefix="rl-test:", breaker_s=0.0)
+    await store.open()
+    limiter = RedisRateLimiter(store, retry_s=0.0)
+    caplog.set_level(logging.INFO, logger="sendergate.ratelimit")
+    try:
+        args = ("+14155550100", "+14155550177", "3/hour")
+        assert [await limiter.allow(*args, T) for _ in range(2)] == [True, True]
+        redis.stop(save=True)
+        # Local counts start from nothing: 3 more get through, then the limit holds.
+        assert [await limiter.allow(*args, T + 1) for _ in range(5)] == [True] * 3 + [False] * 2
+        assert limiter.degraded
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "per process" in warnings[0].getMessage()
+
+        redis.start()
+        assert [await limiter.allow(*args, T + 2) for _ in range(2)] == [True, False]
+        assert not limiter.degraded
+        assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+    finally:
+        await store.close()
+        redis.stop(save=False)
+
+
+@pytest.mark.redis
+async def test_a_stuck_redis_costs_at_most_the_timeout() -> None:
+    """A Redis that accepts connections but never answers: the first event waits
+    timeout_s and is counted locally; the next ones do not wait for retry_s."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # never accepted, never answered
+        port = silent.getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", key_prefix="stuck:", timeout_s=5.0)
+        await store.open()
+        limiter = RedisRateLimiter(store, timeout_s=0.2, retry_s=60.0)
+        try:
+            began = time.monotonic()
+            assert await limiter.allow("t", "s", "1/minute", T)
+            assert 0.15 < time.monotonic() - began < 2.0
+            assert limiter.degraded
+            began = time.monotonic()
+            assert not await limiter.allow("t", "s", "1/minute", T)
+            assert time.monotonic() - began < 0.1
+        finally:
+            await store.close()
+
+
+@pytest.mark.redis
+def test_the_app_counts_in_redis_when_the_store_is_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """create_app picks the shared limiter for a Redis store, the local one for SQLite."""
+    local = create_app(make_settings(tmp_path)).state.gw
+    assert type(local.extras["rate_limiter"]) is LocalRateLimiter
+    store = StoreSettings(url=redis_server.url, key_prefix=fresh_prefix())
+    shared = create_app(make_settings(tmp_path, store=store)).state.gw
+    assert isinstance(shared.extras["rate_limiter"], RedisRateLimiter)
+    assert shared.extras["pipeline"].limiter is shared.extras["rate_limiter"]

@@ -4,6 +4,7 @@ forward, and webhooks are signed the way Twilio signs them.
 
 * A rule written through one replica's admin API is enforced by the others (``/v1/check``
   and a signed call answered ``<Reject``); the time it took is measured and printed.
+* A per-sender rate limit holds across replicas: it is counted in Redis, not per process.
 * Redis stops while webhooks flow: decisions go on from each replica's snapshot, /readyz
   says 503 naming redis, admin writes answer 503. Redis comes back: readiness returns,
   the events and rule hits buffered meanwhile arrive, and a rule written while the
@@ -54,6 +55,7 @@ TOKEN = "twilio-replica-token"
 ADMIN_KEY = "replica-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NUMBER = "+14155550100"
+LIMITED = "+14155550101"  # rate_limit = "3/minute"
 PREFIX = "replicas:"
 TWIML = b"<Response><Say>hello from the app</Say></Response>"
 REJECT = b"<Reject"
@@ -124,13 +126,13 @@ class Replica:
             timeout=5,
         )
 
-    def call(self, sender: str, sid: str | None = None) -> httpx.Response:
-        """A signed Twilio voice webhook from ``sender`` to our number."""
+    def call(self, sender: str, sid: str | None = None, to: str = NUMBER) -> httpx.Response:
+        """A signed Twilio voice webhook from ``sender`` to our number (or ``to``)."""
         params = [
             ("CallSid", sid or "CA" + secrets.token_hex(16)),
             ("AccountSid", "AC" + "2" * 32),
             ("From", sender),
-            ("To", NUMBER),
+            ("To", to),
             ("CallStatus", "ringing"),
             ("Direction", "inbound"),
         ]
@@ -190,6 +192,10 @@ forward_url = "{downstream}/twilio"
 
 [[numbers]]
 number = "{NUMBER}"
+
+[[numbers]]
+number = "{LIMITED}"
+rate_limit = "3/minute"
 """
 
 
@@ -269,6 +275,44 @@ def test_a_rule_written_on_one_replica_is_enforced_by_the_others(cluster: Cluste
         assert answer.status_code == 200 and REJECT in answer.content, answer.text
     assert len(cluster.app.requests) == seen  # nothing of the blocked caller forwarded
     assert len(_forwarded_from(cluster, sender)) == 1  # only the call before the rule
+
+
+def test_a_rate_limit_holds_across_replicas(cluster: Cluster) -> None:
+    """LIMITED has rate_limit 3/minute, counted in Redis: 3 signed calls from one sender
+    to replica a and then 2 to replica b deliver exactly 3 overall (counted at the
+    downstream app); b drops the other 2 with reason rate_limited and quarantines them,
+    as /v1/events shows on either replica. Another sender still gets through."""
+    a, b, _ = cluster.replicas
+    sender, other = "+14155554001", "+14155554002"
+    answers = [a.call(sender, to=LIMITED) for _ in range(3)]
+    answers += [b.call(sender, to=LIMITED) for _ in range(2)]
+    assert [r.status_code for r in answers] == [200] * 5
+    assert [r.content == TWIML for r in answers] == [True] * 3 + [False] * 2
+    assert all(REJECT in r.content for r in answers[3:]), answers[3].text
+    assert len(_forwarded_from(cluster, sender)) == 3
+    assert b.call(other, to=LIMITED).content == TWIML
+    assert len(_forwarded_from(cluster, other)) == 1
+
+    def events(replica: Replica, outcome: str) -> list[Any]:
+        r = httpx.get(
+            f"{replica.url}/v1/events",
+            headers=ADMIN,
+            timeout=5,
+            params={"outcome": outcome, "sender": sender, "target": LIMITED},
+        )
+        assert r.status_code == 200, r.text
+        items: list[Any] = r.json()["items"]
+        return items
+
+    for replica in (a, b):
+        dropped = events(replica, "quarantined")
+        assert len(dropped) == 2
+        assert {(e["decision"]["verdict"], e["decision"]["reason"]) for e in dropped} == {
+            ("drop", "rate_limited")
+        }
+    # The deliveries' records are written in the background: all 3, none rate limited.
+    wait_for(lambda: len(events(b, "forwarded")) == 3, "the 3 deliveries recorded")
+    assert all(e["decision"]["reason"] != "rate_limited" for e in events(a, "forwarded"))
 
 
 # --- Redis outage -------------------------------------------------------------------------------

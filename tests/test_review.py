@@ -1,5 +1,5 @@
 """The review (SPEC §7): ``plan`` table-driven on contacts, then dry run, apply, a second
-apply and the schedule through HTTP on a seeded population."""
+apply and the schedule through HTTP on a seeded population, on both stores."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.models import ORG_MAIL, ORG_PHONE, Action, Family, NewRule
 from gateway.review import Proposal, apply, plan
-from gateway.settings import MailboxDecl, NumberDecl, ReviewPolicy, ReviewSettings, Settings
+from gateway.settings import (
+    MailboxDecl,
+    NumberDecl,
+    ReviewPolicy,
+    ReviewSettings,
+    Settings,
+    StoreSettings,
+)
 from gateway.store.base import Contact, ContactDelta, ContactState, Store
 from tests.apptools import ADMIN, MEMBER, make_settings
 
@@ -312,9 +319,10 @@ POLICIES = (
 )
 
 
-def _settings(tmp_path: Path, **review: Any) -> Settings:
+def _settings(tmp_path: Path, store: StoreSettings, **review: Any) -> Settings:
     return make_settings(
         tmp_path,
+        store=store,
         mailboxes=(MailboxDecl(MAILBOX),),
         numbers=(NumberDecl(NUMBER),),
         review=ReviewSettings(**{"min_age_days": 7, "policies": POLICIES, **review}),
@@ -367,8 +375,9 @@ def _seed(client: TestClient, app: Starlette, deltas: list[ContactDelta]) -> Non
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(_settings(tmp_path))
+def seeded(tmp_path: Path, app_store: StoreSettings) -> Iterator[TestClient]:
+    """The app on each store, with ``POPULATION`` in its contacts."""
+    app = create_app(_settings(tmp_path, app_store))
     with TestClient(app) as client:
         _seed(client, app, POPULATION)
         yield client
@@ -453,9 +462,11 @@ def test_review_is_admin_only_and_validated(seeded: TestClient) -> None:
     assert seeded.post("/v1/review").status_code == 401
 
 
-def test_review_schedule_applies_inside_the_server(tmp_path: Path) -> None:
+def test_review_schedule_applies_inside_the_server(
+    tmp_path: Path, app_store: StoreSettings
+) -> None:
     """With [review] interval the server applies the review by itself."""
-    app = create_app(_settings(tmp_path, interval_s=0.1))
+    app = create_app(_settings(tmp_path, app_store, interval_s=0.1))
     with TestClient(app) as client:
         _seed(client, app, POPULATION)
         deadline = time.monotonic() + 10

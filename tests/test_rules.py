@@ -839,6 +839,70 @@ def test_compile_refuses_bad_rows(bad: SnapshotRule) -> None:
         compile_rules(TARGETS, [bad])
 
 
+# --- replace_scopes ----------------------------------------------------------------------
+
+
+def test_replace_scopes_recompiles_only_the_given_scopes() -> None:
+    """replace_scopes swaps in the given scopes' rows and shares every other scope's
+    compiled data with the old RuleSet, which is left as it was."""
+    rows = [
+        row(1, MB, "block", "domain", "x.example"),
+        row(2, WL, "allow", "exact_email", "a@y.example"),
+        row(3, ORG_MAIL, "mute", "domain", "z.example"),
+        row(4, ORG_PHONE, "block", "number_prefix", "+1900"),
+    ]
+    old = compile_rules(TARGETS, rows, version=1)
+    new = old.replace_scopes(
+        [mailbox(MB)], {MB: [row(5, MB, "mute", "domain", "x.example")]}, version=2
+    )
+    assert (new.version, new.rule_count) == (2, 4)
+    assert new._scopes[WL] is old._scopes[WL]
+    assert new._scopes[ORG_MAIL] is old._scopes[ORG_MAIL]
+    assert new._entries[WL] is old._entries[WL]
+    assert decide(new, email("a@x.example"), MB, "mail", now=NOW).verdict == "mute"
+    assert decide(old, email("a@x.example"), MB, "mail", now=NOW).verdict == "drop"
+    # An org list change reaches every recipient of its family, known or not.
+    newer = new.replace_scopes(
+        [], {ORG_PHONE: [row(6, ORG_PHONE, "mute", "anonymous", "")]}, version=3
+    )
+    assert newer.rule_count == 4
+    assert newer._scopes[MB] is new._scopes[MB]
+    for recipient in (NUM, NWL, UNKNOWN_NUM):
+        assert decide(newer, phone("+19005550000"), recipient, "phone", now=NOW).rule is None
+        assert decide(newer, ANON, recipient, "phone", now=NOW).verdict == "mute"
+
+
+def test_replace_scopes_applies_target_changes() -> None:
+    """Targets given are the changed scopes' targets as they now are: a changed scope
+    whose target is not given has lost it; a target may change without its rules."""
+    rows = [row(1, MB, "block", "domain", "x.example"), row(2, NUM, "block", "anonymous", "")]
+    rs = compile_rules(TARGETS, rows, mail_mode="whitelist", version=1)
+    # Settings only: mode and enforce change, the rule stays.
+    rs = rs.replace_scopes([mailbox(MB, "whitelist", enforce=False)], {}, version=2)
+    shadow = decide(rs, email("a@x.example"), MB, "mail", now=NOW)
+    assert (shadow.verdict, shadow.would_drop, shadow.mode, shadow.rule) == (
+        "deliver",
+        True,
+        "whitelist",
+        1,
+    )
+    # Deleted: its scope is empty and the recipient is unknown (the default mode).
+    rs = rs.replace_scopes([], {MB: []}, version=3)
+    assert rs.target(MB) is None and rs.rule_count == 1
+    gone = decide(rs, email("a@x.example"), MB, "mail", now=NOW)
+    assert (gone.verdict, gone.reason, gone.mode) == ("drop", "mode_default", "whitelist")
+    # Created again, with a rule.
+    rs = rs.replace_scopes([mailbox(MB)], {MB: [row(3, MB, "mute", "invalid", "")]}, version=4)
+    assert rs.target(MB) == mailbox(MB) and rs.rule_count == 2
+    assert decide(rs, INVALID, MB, "mail", now=NOW).verdict == "mute"
+
+
+def test_replace_scopes_refuses_rows_under_another_scope() -> None:
+    rs = compile_rules(TARGETS, [])
+    with pytest.raises(ValueError, match="scope"):
+        rs.replace_scopes([], {MB: [row(1, WL, "block", "domain", "x.example")]}, version=1)
+
+
 # --- scopes_matching ---------------------------------------------------------------------
 
 MATCH_ROWS = (

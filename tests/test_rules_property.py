@@ -27,8 +27,9 @@ from gateway.models import (
     Mode,
     Sender,
     Target,
+    TargetKind,
 )
-from gateway.rules import compile_rules, decide
+from gateway.rules import compile_rules, decide, scopes_matching
 from gateway.store.base import SnapshotRule
 
 NOW = 1000.0
@@ -321,3 +322,162 @@ def test_decide_matches_brute_force_reference(sc: Scenario) -> None:
         sc.envelope,
     )
     assert got == want
+
+
+# --- incremental updates ---------------------------------------------------------------------
+
+ALL_SCOPES = (*MAILBOXES, ORPHAN_MAILBOX, ORG_MAIL, *NUMBERS, ORPHAN_NUMBER, ORG_PHONE)
+TARGET_IDS = (*MAILBOXES, ORPHAN_MAILBOX, *NUMBERS, ORPHAN_NUMBER)
+
+
+def _specs_for(scope: str) -> st.SearchStrategy[tuple[str, str, str]]:
+    """(scope, match_type, match_target) of rules in this scope (mostly of its family)."""
+    own, other = (
+        (mail_specs, phone_specs)
+        if "@" in scope or scope == ORG_MAIL
+        else (
+            phone_specs,
+            mail_specs,
+        )
+    )
+    return st.one_of(own, own, own, other).map(lambda spec: (scope, spec[1], spec[2]))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One store change: the new rows of some scopes, and the targets as they now are
+    among the changed ones (missing: deleted), plus settings-only target changes."""
+
+    rows_by_scope: dict[str, list[SnapshotRule]]
+    targets: dict[str, Target | None]  # target id -> its new state (None: deleted)
+
+
+def _target_state(draw: st.DrawFn, target_id: str) -> Target | None:
+    if draw(st.integers(0, 3)) == 0:
+        return None  # deleted (or never created)
+    kind: TargetKind = "mailbox" if "@" in target_id else "number"
+    return Target(kind, target_id, draw(modes), draw(st.booleans()), EPOCH, EPOCH)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[dict[str, Target], list[SnapshotRule], list[Change]]:
+    """Initial targets and rows, then a few changes of a few scopes each."""
+    serial = iter(range(1, 10_000))
+
+    def rows_of(scope: str, max_size: int) -> list[SnapshotRule]:
+        specs = draw(st.lists(_specs_for(scope), max_size=max_size))
+        return [
+            (
+                next(serial),
+                s,
+                draw(actions),
+                cast(MatchType, mt),
+                t,
+                draw(st.booleans()),
+                draw(expiries),
+            )
+            for s, mt, t in specs
+        ]
+
+    targets = {tid: t for tid in TARGET_IDS if (t := _target_state(draw, tid)) is not None}
+    initial = [row for scope in ALL_SCOPES for row in rows_of(scope, 6)]
+    changes = []
+    for _ in range(draw(st.integers(1, 6))):
+        scopes = draw(st.lists(st.sampled_from(ALL_SCOPES), min_size=0, max_size=3, unique=True))
+        rows_by_scope = {scope: rows_of(scope, 6) for scope in scopes}
+        touched = {s for s in scopes if s in TARGET_IDS}
+        # Settings-only changes of targets whose rules stay as they are.
+        touched |= set(draw(st.lists(st.sampled_from(TARGET_IDS), max_size=2)))
+        changes.append(Change(rows_by_scope, {tid: _target_state(draw, tid) for tid in touched}))
+    return targets, initial, changes
+
+
+def _queries(
+    data: st.DataObject, rows: list[SnapshotRule]
+) -> list[tuple[Sender, str, Family, bool, Sender | None]]:
+    near: list[Sender] = [ANONYMOUS, INVALID]
+    for _id, _scope, _action, mt, target, _sub, _exp in rows:
+        if mt == "exact_email":
+            near.append(email_sender(target))
+        elif mt == "domain":
+            near.append(email_sender(f"x@a.{target}"))
+        elif mt in ("exact_number", "number_prefix"):
+            near.append(number_sender(target + ("9" if mt == "number_prefix" else "")))
+    senders = st.one_of(st.sampled_from(near), any_sender)
+    recipients = st.sampled_from(MAIL_RECIPIENTS + PHONE_RECIPIENTS)
+    families: st.SearchStrategy[Family] = st.sampled_from(("mail", "phone"))
+    envelopes = st.one_of(st.none(), st.sampled_from(near), emails.map(email_sender))
+    return data.draw(
+        st.lists(
+            st.tuples(senders, recipients, families, st.booleans(), envelopes),
+            min_size=20,
+            max_size=40,
+        )
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=histories(), mail_mode=modes, phone_mode=modes, data=st.data())
+def test_replace_scopes_agrees_with_a_full_compile(
+    history: tuple[dict[str, Target], list[SnapshotRule], list[Change]],
+    mail_mode: Mode,
+    phone_mode: Mode,
+    data: st.DataObject,
+) -> None:
+    """Applying scope changes one after another with RuleSet.replace_scopes gives the
+    same decisions (and counts, targets, scopes_matching) as compiling the final rows."""
+    targets, rows, changes = history
+    rs = compile_rules(
+        list(targets.values()), rows, mail_mode=mail_mode, phone_mode=phone_mode, version=1
+    )
+    by_scope: dict[str, list[SnapshotRule]] = {}
+    for row in rows:
+        by_scope.setdefault(row[1], []).append(row)
+    for version, change in enumerate(changes, start=2):
+        by_scope.update(change.rows_by_scope)
+        for tid, state in change.targets.items():
+            if state is None:
+                targets.pop(tid, None)
+            else:
+                targets[tid] = state
+        # What a store's scope_rules answers: the targets that exist among the changed
+        # scopes (here also the settings-only ones).
+        changed_targets = [
+            targets[tid] for tid in {*change.rows_by_scope, *change.targets} if tid in targets
+        ]
+        # A deleted target whose scope did not change: the store marks its rules
+        # deleted, which changes its scope too.
+        gone = [tid for tid, state in change.targets.items() if state is None]
+        rows_by_scope = dict(change.rows_by_scope)
+        for tid in gone:
+            rows_by_scope.setdefault(tid, by_scope.get(tid, []))
+        rs = rs.replace_scopes(changed_targets, rows_by_scope, version=version)
+        assert rs.version == version
+
+    final_rows = [row for scope_rows in by_scope.values() for row in scope_rows]
+    full = compile_rules(
+        list(targets.values()), final_rows, mail_mode=mail_mode, phone_mode=phone_mode
+    )
+    assert rs.rule_count == full.rule_count
+    assert rs.target_count == full.target_count
+    for tid in TARGET_IDS:
+        assert rs.target(tid) == full.target(tid)
+    for scope in ALL_SCOPES:
+        assert rs.scope_rule_count(scope) == full.scope_rule_count(scope)
+    for sender, recipient, family, authenticated, envelope in _queries(data, final_rows):
+        got, want = (
+            decide(
+                ruleset,
+                sender,
+                recipient,
+                family,
+                now=NOW,
+                authenticated=authenticated,
+                envelope=envelope,
+            )
+            for ruleset in (rs, full)
+        )
+        assert got == want
+        assert scopes_matching(rs, sender, family, now=NOW) == scopes_matching(
+            full, sender, family, now=NOW
+        )

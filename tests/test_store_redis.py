@@ -396,20 +396,27 @@ def private_redis(tmp_path: Path) -> Any:
 async def test_listener_hears_writes_and_resubscribes_after_a_restart(
     private_redis: RedisServer,
 ) -> None:
-    """listen() reports None on subscribing, each write's version, None again after
-    Redis restarts (messages sent meanwhile are lost, so the caller must compare), and
-    the writes after that."""
+    """listen() reports None on subscribing, each write's version (with its scopes), None
+    again after Redis restarts (messages sent meanwhile are lost, so the caller must
+    compare), and the writes after that."""
     store = RedisStore(private_redis.url, key_prefix="gw:")
     writer = RedisStore(private_redis.url, key_prefix="gw:")
     await store.open()
     await writer.open()
     heard: list[int | None] = []
-    task = asyncio.create_task(store.listen(heard.append, retry_max_s=0.2))
+    scopes: list[tuple[str, ...] | None] = []
+
+    def on_change(version: int | None, changed: tuple[str, ...] | None) -> None:
+        heard.append(version)
+        scopes.append(changed)
+
+    task = asyncio.create_task(store.listen(on_change, retry_max_s=0.2))
     try:
         await _wait_until(lambda: heard == [None])
         assert store.subscribed
         await writer.create_rule(_rule("one.example"))
         await _wait_until(lambda: heard == [None, 1])
+        assert scopes == [None, (ORG_MAIL,)]
         private_redis.stop(save=True)
         await _wait_until(lambda: not store.subscribed)
         private_redis.start()
@@ -550,3 +557,33 @@ def test_without_redis_server_the_tests_skip_except_in_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI must run the Redis tests"):
         redis_support.require_redis_server()
+
+
+async def test_change_log_misses_a_version_written_without_it(redis_store: RedisStore) -> None:
+    """A version bumped without a log entry (a replica of an older release writing) makes
+    changed_scopes answer None for the versions around it: the reader loads everything
+    rather than miss that write."""
+    await redis_store.create_rule(_rule("one.example"))
+    await redis_store._redis().incr(redis_store._key("version"))  # an unlogged write
+    await redis_store.create_rule(_rule("two.example"))
+    assert await redis_store.changed_scopes(0) is None
+    assert await redis_store.changed_scopes(2) == (3, {3: (ORG_MAIL,)})
+
+
+async def test_scope_rules_reads_a_scope_of_several_scan_pages(redis_store: RedisStore) -> None:
+    """A scope larger than one ZSCAN page (an org list of many rules) comes back whole,
+    without paused rules."""
+    total = 23_000
+    for start in range(0, total, 1000):
+        batch = [
+            _rule(f"d{i}.example", status="paused" if i % 10 == 0 else "active")
+            for i in range(start, start + 1000)
+        ]
+        await redis_store.create_rules(batch)
+    await redis_store.create_rule(_rule("+1900", ORG_PHONE, match_type="number_prefix"))
+    version, targets, rows = await redis_store.scope_rules([ORG_MAIL])
+    assert version == await redis_store.version() and targets == []
+    assert list(rows) == [ORG_MAIL]
+    assert len(rows[ORG_MAIL]) == total - total // 10
+    assert {row[4] for row in rows[ORG_MAIL]} == {f"d{i}.example" for i in range(total) if i % 10}
+    assert [row[0] for row in rows[ORG_MAIL]] == sorted(row[0] for row in rows[ORG_MAIL])

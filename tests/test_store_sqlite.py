@@ -216,3 +216,38 @@ async def test_closed_store_is_store_unavailable(db_path: str) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable, match="not open"):
         await store.ping()
+
+
+async def test_a_file_from_before_the_change_log_is_migrated(db_path: str) -> None:
+    """A schema-2 file (no change log) gets an empty log: versions written before cannot
+    be listed (changed_scopes says None, a reader loads everything), later ones can."""
+    store = SQLiteStore(db_path)
+    await store.open()
+    await store.create_rule(_rule("one.example"))
+    await store.create_rule(_rule("two.example"))
+    await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("DROP TABLE changes")
+        conn.execute("PRAGMA user_version = 2")
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        assert _schema(db_path)[0] == SCHEMA_VERSION
+        assert await store.changed_scopes(1) is None
+        assert await store.changed_scopes(2) == (2, {})
+        await store.create_rule(_rule("three.example"))
+        assert await store.changed_scopes(2) == (3, {3: (ORG_MAIL,)})
+        assert await store.changed_scopes(1) is None
+    finally:
+        await store.close()
+
+
+async def test_change_log_keeps_the_last_versions(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write trims the log to the last CHANGE_LOG_KEEP versions."""
+    monkeypatch.setattr("gateway.store.sqlite.CHANGE_LOG_KEEP", 3)
+    for i in range(6):
+        await sqlite_store.create_rule(_rule(f"d{i}.example"))
+    assert await sqlite_store.changed_scopes(2) is None
+    assert await sqlite_store.changed_scopes(3) == (6, {v: (ORG_MAIL,) for v in (4, 5, 6)})

@@ -1,6 +1,8 @@
 """Real traffic through a running gateway (uvicorn in a thread, a recording downstream
 app): contacts counted from signed webhooks, contact states obeyed by the next webhook,
-per-sender rate limits, Prometheus metrics after traffic, one JSON log line per event."""
+per-sender rate limits, Prometheus metrics after traffic, one JSON log line per event.
+The contact and rate-limit tests run on both stores (SQLite, and Redis, where the rate
+limit is counted by ``RedisRateLimiter``)."""
 
 from __future__ import annotations
 
@@ -19,17 +21,25 @@ from gateway.logs import JsonFormatter
 from gateway.settings import NumberDecl, RuleDecl
 from tests.apiserver import HOME_NUMBER, ApiWorld, api_world
 from tests.apptools import ADMIN
+from tests.conftest import STORE_BACKENDS, app_store_settings
 
 pytestmark = pytest.mark.slow
 
 LIMITED = "+14155550101"
+# Runs a test on each store: the world's backend as an indirect parameter.
+ON_BOTH_STORES = pytest.mark.parametrize("world", STORE_BACKENDS, indirect=True)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[ApiWorld]:
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiWorld]:
+    """The gateway on SQLite, or on the backend of an ``ON_BOTH_STORES`` parameter."""
+    backend: str = getattr(request, "param", "sqlite")
     numbers = (NumberDecl(HOME_NUMBER), NumberDecl(LIMITED, rate_limit="3/minute"))
     with api_world(
-        tmp_path, numbers=numbers, org_phone_rules=(RuleDecl("block", "number_prefix", "+1900"),)
+        tmp_path,
+        numbers=numbers,
+        org_phone_rules=(RuleDecl("block", "number_prefix", "+1900"),),
+        store=app_store_settings(backend, request, tmp_path),
     ) as w:
         yield w
 
@@ -49,6 +59,7 @@ def wait_for(check: Any, timeout_s: float = 5.0) -> Any:
         time.sleep(0.05)
 
 
+@ON_BOTH_STORES
 def test_contacts_count_what_was_sent(world: ApiWorld) -> None:
     """Signed webhooks from many senders produce contacts whose counts match: total,
     delivered and dropped per sender, with number type and region."""
@@ -74,6 +85,7 @@ def test_contacts_count_what_was_sent(world: ApiWorld) -> None:
     assert page["data"][0]["sender"] == "+19005550000" and page["total_pages"] == 3
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize(
     ("state", "delivered"),
     [("blocked", False), ("muted", True), ("whitelisted", True), ("unset", True)],
@@ -98,6 +110,7 @@ def test_contact_state_is_obeyed_by_next_webhook(
         assert arrived[0].header("x-sendergate-verdict") == "mute"
 
 
+@ON_BOTH_STORES
 def test_rate_limit_drops_the_excess_from_one_sender(world: ApiWorld) -> None:
     """With rate_limit 3/minute the fourth message of a sender is dropped as rate_limited
     and quarantined, while another sender still gets through."""

@@ -123,6 +123,8 @@ class HookFastPath:
             response = await gateway_error_handler(Request(scope, receive), exc)
             await response(scope, receive, send)
             return
+        except ClientDisconnect:  # hung up mid-body: nobody to answer, nothing to log
+            return  # (routes: gateway.app._client_gone)
         start: Message = {
             "type": "http.response.start",
             "status": reply.status,

@@ -22,9 +22,10 @@ __all__ = [
 class PushesInvalidations(Protocol):
     """A store that tells its processes about writes (Redis pub/sub), beside polling."""
 
-    async def listen(self, on_change: Callable[[int | None], None]) -> None:
-        """Run until cancelled: ``on_change(version)`` per write anywhere, and
-        ``on_change(None)`` whenever a change may have been missed (after each
+    async def listen(self, on_change: Callable[[int | None, tuple[str, ...] | None], None]) -> None:
+        """Run until cancelled: ``on_change(version, scopes)`` per write anywhere (the
+        scopes it changed, or None when the message does not say), and
+        ``on_change(None, None)`` whenever a change may have been missed (after each
         (re)connection), for the caller to compare versions."""
 
 

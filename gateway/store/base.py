@@ -6,6 +6,9 @@ Every backend passes the same contract suite (``tests/contract/``). Rules:
   a replica or worker that polls (SQLite) or is told (Redis) can reload its snapshot.
   Counter updates (rule hits, contacts), contact categories, audit entries and events do
   not bump the version.
+* The same transaction logs which scopes the write changed (``changed_scopes``): a
+  target's id for a target write (its rules are in that scope), a rule's scope for a rule
+  write. A reader then reloads only those scopes (``scope_rules``).
 * Timestamps are timezone-aware UTC datetimes.
 * A backend that cannot reach its storage raises ``StoreUnavailable``; ``DuplicateRule``
   carries the id of the rule that holds the slot; a missing row is ``None`` / ``False``,
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from gateway.errors import DuplicateRule
 from gateway.models import (
@@ -33,6 +36,11 @@ from gateway.models import (
     TargetKind,
     Verdict,
 )
+
+# Every store logs the scopes of its last CHANGE_LOG_KEEP versions (``changed_scopes``); a
+# write that changed more than CHANGE_LOG_MAX_SCOPES scopes is logged as "too many".
+CHANGE_LOG_KEEP: Final = 10_000
+CHANGE_LOG_MAX_SCOPES: Final = 128
 
 # The compact row the snapshot compiler needs, for *active* rules only:
 # (id, scope, action, match_type, match_target, include_subdomains, expires_at epoch or None)
@@ -268,6 +276,27 @@ class Store(Protocol):
 
     async def snapshot_rules(self) -> tuple[int, list[Target], list[SnapshotRule]]:
         """(version, all targets, active rules as compact rows), read consistently."""
+
+    async def scope_rules(
+        self, scopes: Sequence[str]
+    ) -> tuple[int, list[Target], dict[str, list[SnapshotRule]]]:
+        """What ``snapshot_rules`` says about some scopes only: (version, the targets whose
+        id is one of ``scopes``, each scope's active rules as compact rows). Every scope
+        asked for is a key of the dict, with an empty list when it holds no active rule.
+
+        The version is read before the rows: every write it counts is in them. A write
+        that lands during the read may be partly in them; its version is larger, so the
+        caller, who hears of that write, reads its scopes again."""
+
+    async def changed_scopes(
+        self, since: int
+    ) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+        """The current version and, for each version after ``since`` up to it, the scopes
+        that write changed (a target's id or an org list; ``None`` for a write that
+        changed too many scopes to list). ``None`` when the store cannot list every one
+        of those versions: its change log does not reach back that far (it keeps the
+        last ``CHANGE_LOG_KEEP``), or ``since`` is ahead of the store (restored from a
+        backup). The caller then reloads everything."""
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
         """Add counts to rules' ``hits`` and set ``last_matched_at`` (rule id → (n, at)),

@@ -10,6 +10,9 @@ Key layout, every name under ``key_prefix`` (default ``sendergate:``; shown as `
 =============================  ============================================================
 ``P version``                  integer, INCR on every target or rule write
 ``P invalidate``               pub/sub channel: ``{"version": N, "scopes": [...]}``
+``P changes``                  zset, score N, member the same JSON (``"scopes": null`` when
+                               more than ``CHANGE_LOG_MAX_SCOPES``): the change log of the
+                               last ``CHANGE_LOG_KEEP`` versions (``changed_scopes``)
 ``P target:{kind}:{id}``       hash: filter_mode, enforce, forward_url, voice_url,
                                sms_url, rate_limit, created, updated (a missing field is
                                None; times are integer microseconds since the epoch)
@@ -31,6 +34,8 @@ Key layout, every name under ``key_prefix`` (default ``sendergate:``; shown as `
 ``P ev:v:{verdict}``,          the same members, per verdict, recipient, sender, outcome,
 ``P ev:r:{recipient}``, ...    and (``P ev:d:{source} US {provider id} US {recipient}``)
                                per provider event id for retry dedupe
+``P rl:{tgt}:{sender}:{w}``    integer: events from sender to target in rate-limit
+                               window ``w`` (``gateway.ratelimit``), expiring by TTL
 =============================  ============================================================
 
 Redis Cluster is not supported: the scripts build key names they do not declare. Use a
@@ -76,6 +81,8 @@ from redis.exceptions import (
 from gateway.errors import BadRequest, Conflict, DuplicateRule, StoreUnavailable
 from gateway.models import NewRule, Rule, Target, TargetKind, family_of_scope
 from gateway.store.base import (
+    CHANGE_LOG_KEEP,
+    CHANGE_LOG_MAX_SCOPES,
     STATE_OF_ACTION,
     AuditEntry,
     Contact,
@@ -140,6 +147,13 @@ local function bump(scopes)
   local payload = '{"version":' .. v .. ',"scopes":' .. cjson.encode(list) .. '}'
   if #list == 0 then payload = '{"version":' .. v .. ',"scopes":[]}' end
   redis.call('PUBLISH', p .. 'invalidate', payload)
+  -- The change log: which scopes each of the last CHANGE_LOG_KEEP versions changed.
+  local logged = payload
+  if #list == 0 or #list > CHANGE_LOG_MAX_SCOPES then
+    logged = '{"version":' .. v .. ',"scopes":null}'
+  end
+  redis.call('ZADD', p .. 'changes', v, logged)
+  redis.call('ZREMRANGEBYSCORE', p .. 'changes', '-inf', v - CHANGE_LOG_KEEP)
   return v
 end
 
@@ -171,7 +185,9 @@ local function sync_rule(id, key)
     end
   end
 end
-"""
+""".replace("CHANGE_LOG_KEEP", str(CHANGE_LOG_KEEP)).replace(
+    "CHANGE_LOG_MAX_SCOPES", str(CHANGE_LOG_MAX_SCOPES)
+)
 
 # ARGV[2..]: groups of 11: scope, action, match_type, match_target, inc, status, expires
 # ('' for none), has_note ('1'/'0'), note, source, created. Returns one integer per rule:
@@ -712,6 +728,12 @@ class RedisStore:
         if client is not None:
             await client.aclose()
 
+    def client(self) -> contextlib.AbstractAsyncContextManager[Redis]:
+        """``async with store.client() as r``: the store's client for a companion that
+        shares its pool, timeouts and fail-fast breaker (the shared rate limiter); raises
+        ``StoreUnavailable`` as the store's own calls do."""
+        return self._guard()
+
     def _redis(self) -> Redis:
         if self._client is None:
             raise StoreUnavailable(f"the Redis store at {redact_url(self.url)} is not open")
@@ -1063,6 +1085,80 @@ class RedisStore:
         if after != before:
             log.debug("rules changed during the snapshot read (%d → %d)", before, after)
         return before, targets, list(found.values())
+
+    async def scope_rules(
+        self, scopes: Sequence[str]
+    ) -> tuple[int, list[Target], dict[str, list[SnapshotRule]]]:
+        """The version, then each scope's rule index (ZSCAN: every member present for the
+        whole scan is returned; a large org list takes several pages, none blocking Redis
+        for long) and target hashes, in one pipeline; then the active rows of those rules
+        (HMGET in batches). A rule that is paused or deleted has no active row."""
+        names = list(dict.fromkeys(scopes))
+        rules: dict[str, list[SnapshotRule]] = {scope: [] for scope in names}
+        active = self._key("rules:active")
+        async with self._guard() as r:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.get(self._key("version"))  # runs first: the rows hold what it counts
+                for scope in names:
+                    pipe.zscan(self._key(f"rules:scope:{scope}"), 0, count=_SCAN_COUNT)
+                    pipe.hgetall(self._target_key("mailbox", scope))
+                    pipe.hgetall(self._target_key("number", scope))
+                replies = await pipe.execute()
+            version = int(replies[0] or 0)
+            targets: list[Target] = []
+            ids: dict[str, None] = {}  # ZSCAN may return a member twice
+            for i, scope in enumerate(names):
+                (cursor, members), mailbox, number = replies[1 + 3 * i : 4 + 3 * i]
+                ids.update((str(int(m)), None) for m, _score in members)
+                while cursor:
+                    key = self._key(f"rules:scope:{scope}")
+                    cursor, members = await r.zscan(key, cursor, count=_SCAN_COUNT)
+                    ids.update((str(int(m)), None) for m, _score in members)
+                if mailbox:
+                    targets.append(_target_from_hash("mailbox", scope, mailbox))
+                if number:
+                    targets.append(_target_from_hash("number", scope, number))
+            wanted = list(ids)
+            batches = [wanted[i : i + _SCAN_COUNT] for i in range(0, len(wanted), _SCAN_COUNT)]
+            if batches:
+                async with r.pipeline(transaction=False) as pipe:
+                    for batch in batches:
+                        pipe.hmget(active, batch)
+                    values: list[list[bytes | None]] = await pipe.execute()
+            else:
+                values = []
+        for batch, rows in zip(batches, values, strict=True):
+            for rid, raw in zip(batch, rows, strict=True):
+                if raw is not None:
+                    row = _snapshot_row(rid.encode(), raw)
+                    bucket = rules.get(row[1])
+                    if bucket is not None:
+                        bucket.append(row)
+        for bucket in rules.values():
+            bucket.sort()  # by id, as the SQLite store answers
+        targets.sort(key=lambda t: (-_to_us(t.created_at), t.kind, t.id))
+        return version, targets, rules
+
+    async def changed_scopes(
+        self, since: int
+    ) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+        """The version and the change log after ``since`` (``P changes``), read in one
+        MULTI so that they agree."""
+        async with self._guard() as r, r.pipeline(transaction=True) as pipe:
+            pipe.get(self._key("version"))
+            pipe.zrange(self._key("changes"), f"({int(since)}", "+inf", byscore=True)
+            raw, members = await pipe.execute()
+        version = int(raw or 0)
+        if since > version:
+            return None  # the store went back (restored from a backup, or flushed)
+        found: dict[int, tuple[str, ...] | None] = {}
+        for member in cast(list[bytes], members):
+            v, scopes = _message_fields(member)
+            if v is not None and since < v <= version:
+                found[v] = scopes
+        if len(found) != version - since:
+            return None  # the log does not reach back that far
+        return version, dict(sorted(found.items()))
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
         if not hits:
@@ -1435,13 +1531,14 @@ class RedisStore:
 
     async def listen(
         self,
-        on_change: Callable[[int | None], None],
+        on_change: Callable[[int | None, tuple[str, ...] | None], None],
         *,
         retry_max_s: float = 2.0,
     ) -> None:
         """Follow the invalidation channel until cancelled.
 
-        ``on_change(version)`` is called for each message; ``on_change(None)`` after each
+        ``on_change(version, scopes)`` is called for each message (``scopes`` None when
+        the message does not list them); ``on_change(None, None)`` after each
         (re)subscription, because messages published while the connection was down are
         lost: the caller compares versions then. A lost connection is retried with
         backoff (50 ms doubling up to ``retry_max_s``)."""
@@ -1466,9 +1563,9 @@ class RedisStore:
                             if warned:
                                 log.info("invalidations: subscribed again to %s", self.channel)
                                 warned = False
-                            on_change(None)
+                            on_change(None, None)
                         elif kind == "message":
-                            on_change(_message_version(message.get("data")))
+                            on_change(*_message_fields(message.get("data")))
             except StoreUnavailable as exc:
                 self.subscribed = False
                 if not warned:
@@ -1571,6 +1668,19 @@ def _message_version(data: object) -> int | None:
     except ValueError:
         return None
     return version if isinstance(version, int) else None
+
+
+def _message_fields(data: object) -> tuple[int | None, tuple[str, ...] | None]:
+    """The version and scopes of an invalidation payload or change log entry: (None,
+    None) when unreadable, scopes None when they are not listed."""
+    version = _message_version(data)
+    if version is None:
+        return None, None
+    payload = json.loads(cast(bytes | str, data))
+    scopes = payload.get("scopes")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        return version, None
+    return version, tuple(scopes)
 
 
 def scopes_of(data: bytes | str) -> tuple[str, ...]:

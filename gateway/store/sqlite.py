@@ -28,7 +28,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -38,6 +38,8 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from gateway.errors import BadRequest, Conflict, DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Rule, Target, TargetKind
 from gateway.store.base import (
+    CHANGE_LOG_KEEP,
+    CHANGE_LOG_MAX_SCOPES,
     AuditEntry,
     Contact,
     ContactDelta,
@@ -184,8 +186,24 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX audit_scope ON audit (scope, at, id)",
         "CREATE INDEX audit_actor ON audit (actor, at, id)",
     ),
+    # 2 → 3: the log of which scopes each version changed (``changed_scopes``), so that
+    # a worker reloads only those. A file migrated from an older schema starts with an
+    # empty log: versions before it are not listed, and asking for them says so. A
+    # write that changed too many scopes is logged with the scope ``*`` (no scope
+    # string is that).
+    (
+        """CREATE TABLE changes (
+            version INTEGER NOT NULL,
+            scope TEXT NOT NULL,
+            PRIMARY KEY (version, scope)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
+_SNAPSHOT_COLUMNS: Final = (
+    "id, scope, action, match_type, match_target, include_subdomains, expires_at / 1000000.0"
+)
+_IN_CHUNK: Final = 500  # values per IN (...) list: well under SQLite's variable limit
 
 _TARGET_COLUMNS: Final = (
     "kind, id, filter_mode, enforce, forward_url, voice_url, sms_url, rate_limit,"
@@ -451,8 +469,17 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
-def _bump_version(conn: sqlite3.Connection) -> None:
+def _bump_version(conn: sqlite3.Connection, scopes: Iterable[str]) -> None:
+    """Bump the version and log the scopes that this write changed (same transaction)."""
     conn.execute("UPDATE meta SET version = version + 1 WHERE id = 1")
+    version = _read_version(conn)
+    names = sorted(set(scopes))
+    if not names or len(names) > CHANGE_LOG_MAX_SCOPES:
+        names = ["*"]
+    conn.executemany(
+        "INSERT INTO changes (version, scope) VALUES (?, ?)", [(version, n) for n in names]
+    )
+    conn.execute("DELETE FROM changes WHERE version <= ?", (version - CHANGE_LOG_KEEP,))
 
 
 def _read_version(conn: sqlite3.Connection) -> int:
@@ -522,7 +549,7 @@ def _create_target(conn: sqlite3.Connection, t: Target) -> Target:
             )
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"{t.kind} {t.id} already exists") from exc
-        _bump_version(conn)
+        _bump_version(conn, [t.id])
         created = _get_target(conn, t.kind, t.id)
     assert created is not None
     return created
@@ -546,7 +573,7 @@ def _update_target(
         )
         if cursor.rowcount == 0:
             return None
-        _bump_version(conn)
+        _bump_version(conn, [target_id])
         return _get_target(conn, kind, target_id)
 
 
@@ -562,7 +589,7 @@ def _delete_target(
             " WHERE scope = ? AND status != 'deleted'",
             (_to_us(now), target_id),
         )
-        _bump_version(conn)
+        _bump_version(conn, [target_id])
     return True
 
 
@@ -644,8 +671,9 @@ def _create_rules(
     now_us = _to_us(now)
     with _transaction(conn, write=True):
         results = [_insert_rule(conn, r, now_us) for r in rules]
-        if any(isinstance(result, Rule) for result in results):
-            _bump_version(conn)
+        created = {result.scope for result in results if isinstance(result, Rule)}
+        if created:
+            _bump_version(conn, created)
     return results
 
 
@@ -672,8 +700,10 @@ def _update_rule(
             raise DuplicateRule(holder) from None
         if cursor.rowcount == 0:
             return None
-        _bump_version(conn)
-        return _get_rule(conn, rule_id)
+        rule = _get_rule(conn, rule_id)
+        assert rule is not None
+        _bump_version(conn, [rule.scope])
+        return rule
 
 
 def _delete_rule(conn: sqlite3.Connection, rule_id: int, now: datetime) -> Rule | None:
@@ -683,9 +713,10 @@ def _delete_rule(conn: sqlite3.Connection, rule_id: int, now: datetime) -> Rule 
             " WHERE id = ? AND status != 'deleted'",
             (_to_us(now), rule_id),
         )
-        if cursor.rowcount:
-            _bump_version(conn)
-        return _get_rule(conn, rule_id)
+        rule = _get_rule(conn, rule_id)
+        if cursor.rowcount and rule is not None:
+            _bump_version(conn, [rule.scope])
+        return rule
 
 
 def _rule_where(flt: RuleFilter) -> tuple[str, list[Any]]:
@@ -742,6 +773,55 @@ def _snapshot_rules(
             for rid, scope, action, match_type, target, inc, expires in cursor
         ]
     return version, targets, rules
+
+
+def _scope_rules(
+    conn: sqlite3.Connection, scopes: Sequence[str]
+) -> tuple[int, list[Target], dict[str, list[SnapshotRule]]]:
+    rules: dict[str, list[SnapshotRule]] = {scope: [] for scope in scopes}
+    names = list(rules)
+    targets: list[Target] = []
+    with _transaction(conn, write=False):
+        version = _read_version(conn)
+        for start in range(0, len(names), _IN_CHUNK):
+            chunk = names[start : start + _IN_CHUNK]
+            marks = _placeholders(len(chunk))
+            rows = conn.execute(
+                f"SELECT {_TARGET_COLUMNS} FROM targets WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            targets += [_target_from_row(row) for row in rows]
+            query = (
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM rules WHERE scope IN ({marks})"  # noqa: S608
+                " AND status = 'active' ORDER BY id"
+            )
+            cursor = conn.execute(query, chunk)
+            for rid, scope, action, match_type, target, inc, expires in cursor:
+                rules[scope].append((rid, scope, action, match_type, target, inc == 1, expires))
+    # The order of all_targets: newest first, then kind and id.
+    targets.sort(key=lambda t: (-_to_us(t.created_at), t.kind, t.id))
+    return version, targets, rules
+
+
+def _changed_scopes(
+    conn: sqlite3.Connection, since: int
+) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+    with _transaction(conn, write=False):
+        version = _read_version(conn)
+        if since > version:
+            return None  # the store went back (a restored file): only a full load will do
+        rows = conn.execute(
+            "SELECT version, scope FROM changes WHERE version > ? AND version <= ?",
+            (since, version),
+        ).fetchall()
+    grouped: dict[int, list[str]] = {}
+    for v, scope in rows:
+        grouped.setdefault(int(v), []).append(scope)
+    if len(grouped) != version - since:
+        return None  # the log does not reach back that far
+    return version, {
+        v: None if "*" in scopes else tuple(scopes) for v, scopes in sorted(grouped.items())
+    }
 
 
 def _add_rule_hits(conn: sqlite3.Connection, hits: Mapping[int, tuple[int, datetime]]) -> None:
@@ -1180,6 +1260,16 @@ class SQLiteStore:
 
     async def snapshot_rules(self) -> tuple[int, list[Target], list[SnapshotRule]]:
         return await self._run(_snapshot_rules)
+
+    async def scope_rules(
+        self, scopes: Sequence[str]
+    ) -> tuple[int, list[Target], dict[str, list[SnapshotRule]]]:
+        return await self._run(_scope_rules, list(dict.fromkeys(scopes)))
+
+    async def changed_scopes(
+        self, since: int
+    ) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+        return await self._run(_changed_scopes, since)
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
         await self._run(_add_rule_hits, dict(hits))

@@ -545,6 +545,99 @@ async def test_snapshot_rules_has_version_targets_and_active_rules(store: Store)
     )
 
 
+async def test_scope_rules_reads_only_the_scopes_asked_for(store: Store) -> None:
+    """scope_rules answers the version, the targets among the scopes and each scope's
+    active rules (the same rows as snapshot_rules), with an empty list for a scope that
+    has none; a scope asked for twice is answered once."""
+    other = "other@acme.example"
+    await store.create_target(_target())
+    await store.create_target(_target(other))
+    await store.create_target(_target(NUMBER, kind="number"))
+    expires = T0 + timedelta(days=1)
+    mine = await _create(store, _rule("spam.example", scope=MAILBOX, expires_at=expires))
+    await _create(store, _rule("x@y.example", scope=MAILBOX, match_type="exact_email"))
+    await _create(store, _rule("paused.example", scope=MAILBOX, status="paused"))
+    gone = await _create(store, _rule("gone.example", scope=MAILBOX))
+    await store.delete_rule(gone.id)
+    await _create(store, _rule("theirs.example", scope=other))
+    await _create(store, _rule("+1900", scope=ORG_PHONE, match_type="number_prefix"))
+    await _create(store, _rule("org.example"))
+    _, _, all_rows = await store.snapshot_rules()
+
+    asked = [MAILBOX, ORG_PHONE, "nobody@acme.example", MAILBOX]
+    version, targets, rows = await store.scope_rules(asked)
+    assert version == await store.version()
+    assert [(t.kind, t.id) for t in targets] == [("mailbox", MAILBOX)]
+    assert targets[0] == await store.get_target("mailbox", MAILBOX)
+    assert set(rows) == {MAILBOX, ORG_PHONE, "nobody@acme.example"}
+    for scope, scope_rows in rows.items():
+        assert sorted(scope_rows) == sorted(r for r in all_rows if r[1] == scope)
+    assert len(rows[MAILBOX]) == 2 and rows["nobody@acme.example"] == []
+    assert (mine.id, MAILBOX, "block", "domain", "spam.example", True, expires.timestamp()) in (
+        rows[MAILBOX]
+    )
+
+    version, targets, rows = await store.scope_rules([])
+    assert (version, targets, rows) == (await store.version(), [], {})
+
+
+async def test_scope_rules_of_a_deleted_target_is_empty(store: Store) -> None:
+    """After delete_target, its scope has no target and no active rule."""
+    await store.create_target(_target(NUMBER, kind="number"))
+    await _create(store, _rule("+1415", scope=NUMBER, match_type="number_prefix"))
+    _, targets, rows = await store.scope_rules([NUMBER])
+    assert [t.id for t in targets] == [NUMBER] and len(rows[NUMBER]) == 1
+    await store.delete_target("number", NUMBER)
+    assert await store.scope_rules([NUMBER]) == (await store.version(), [], {NUMBER: []})
+
+
+async def test_changed_scopes_lists_the_scopes_of_each_write(store: Store) -> None:
+    """changed_scopes(v) names, for each version after v, the scopes that write changed:
+    the target's id for target writes, the rules' scopes for rule writes."""
+    start = await store.version()
+    assert await store.changed_scopes(start) == (start, {})
+    await store.create_target(_target())
+    rule = await _create(store, _rule("spam.example", scope=MAILBOX))
+    await store.create_rules([_rule("a.example"), _rule("+1900", ORG_PHONE, "number_prefix")])
+    await store.update_rule(rule.id, {"action": "allow"})
+    with pytest.raises(DuplicateRule):  # no change, no version
+        await store.create_rule(_rule("a.example"))
+    await store.update_target("mailbox", MAILBOX, {"filter_mode": "whitelist"})
+    await store.delete_rule(rule.id)
+    await store.delete_rule(rule.id)  # already deleted: no change
+    await store.delete_target("mailbox", MAILBOX)
+    answer = await store.changed_scopes(start)
+    assert answer is not None
+    version, changes = answer
+    assert version == await store.version() == start + 7
+    assert list(changes) == list(range(start + 1, start + 8))
+    assert [set(scopes or ()) for scopes in changes.values()] == [
+        {MAILBOX},
+        {MAILBOX},
+        {ORG_MAIL, ORG_PHONE},
+        {MAILBOX},
+        {MAILBOX},
+        {MAILBOX},
+        {MAILBOX},
+    ]
+    later = await store.changed_scopes(start + 5)
+    assert later == (start + 7, {start + 6: (MAILBOX,), start + 7: (MAILBOX,)})
+
+
+async def test_changed_scopes_says_none_when_it_cannot_list_every_version(
+    store: Store,
+) -> None:
+    """None for versions the log does not hold (version 0 is no write) and for a version
+    ahead of the store; a write of very many scopes is listed with scopes None."""
+    await _create(store, _rule("a.example"))
+    version = await store.version()
+    assert await store.changed_scopes(-1) is None
+    assert await store.changed_scopes(version + 1) is None
+    many = [_rule("a.example", scope=f"m{i}@acme.example") for i in range(300)]
+    await store.create_rules(many)
+    assert await store.changed_scopes(version) == (version + 1, {version + 1: None})
+
+
 async def test_add_rule_hits_adds_counts_and_keeps_the_latest_match(store: Store) -> None:
     """add_rule_hits adds to hits and sets last_matched_at, never moving it back; unknown
     rule ids are ignored."""
