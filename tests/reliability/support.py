@@ -295,8 +295,12 @@ class Event:
         return len(self.attempts) > 1
 
     @property
-    def saw_transport_error(self) -> bool:
-        return any(a.status is None for a in self.attempts)
+    def lost_an_answer(self) -> bool:
+        """Some attempt ended without anyone knowing whether the application got the
+        forward: the provider lost its connection (killed replica), or the gateway lost
+        the application's (502: refused, reset or closed before answering; 504: timeout).
+        Only such an event may reach the application twice (at-least-once)."""
+        return any(a.status in (None, 502, 504) for a in self.attempts)
 
 
 class EventFactory:
