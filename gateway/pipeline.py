@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -301,6 +302,7 @@ class Pipeline:
         ruleset: RuleSet,
         now: float,
     ) -> Reply:
+        started = time.perf_counter()
         family = family_of_channel(event.channel)
         sender, envelope, recipients = self._normalised(event, family)
         authenticated = event.authenticated or not source.allow_requires_auth
@@ -361,6 +363,8 @@ class Pipeline:
             records[rcpt] = (decision, url)
             deliveries.setdefault(url, Delivery(url, [])).items.append((rcpt, decision, eid))
 
+        # Normalisation and every recipient's decision (plus rate limit and counting).
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
         if drops:
             await self._quarantine(source, drops)
         if not deliveries:

@@ -140,6 +140,16 @@ def test_metrics_count_traffic(world: ApiWorld) -> None:
     assert "sendergate_snapshot_rules 1.0" in text
     assert "sendergate_snapshot_age_seconds" in text
     assert "sendergate_buffered_items" in text
+    assert "sendergate_decision_seconds_count 2.0" in text
+    bad = httpx.post(
+        f"{world.url}/hooks/generic",
+        content=b"{}",
+        timeout=10,
+        headers={"content-type": "application/json", "x-signature": "00"},
+    )
+    assert bad.status_code == 401
+    text = httpx.get(f"{world.url}/metrics", timeout=10).text
+    assert 'sendergate_refused_total{source="generic",status="401"} 1.0' in text
 
 
 def test_one_json_log_line_per_event(world: ApiWorld) -> None:

@@ -120,6 +120,9 @@ class HookFastPath:
         try:
             reply = await ingest(state, source, scope, receive)
         except GatewayError as exc:
+            metrics = state.extras.get("metrics")
+            if metrics is not None:
+                metrics.refused.labels(source.name, str(exc.status)).inc()
             response = await gateway_error_handler(Request(scope, receive), exc)
             await response(scope, receive, send)
             return
