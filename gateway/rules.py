@@ -103,7 +103,7 @@ from gateway.models import (
     Verdict,
     family_of_scope,
 )
-from gateway.store.base import SnapshotRule
+from gateway.store.base import RuleState, SnapshotRule
 
 __all__ = [
     "RuleSet",
@@ -261,6 +261,18 @@ class RuleSet:
         """
         return _replace_scopes(self, targets_changed, rows_by_scope, version)
 
+    def patch_rules(self, states: Iterable[RuleState], *, version: int) -> RuleSet | None:
+        """A new RuleSet in which each rule of ``states`` (``Store.rule_states``) is as
+        stated: in force with its row when it has one, else gone; every scope none of
+        them is in is shared. For a large scope (an org list) this costs a copy of its
+        tables instead of reading and compiling all its rules.
+
+        None when an active rule's slot is held by another rule here: a change this
+        snapshot has not seen yet (that rule's deletion); the caller then reads the scope
+        whole (``replace_scopes``). Targets are left as they are.
+        """
+        return _patch_rules(self, states, version)
+
     def __repr__(self) -> str:
         return (
             f"RuleSet(version={self.version}, rule_count={self.rule_count}, "
@@ -413,24 +425,134 @@ def _replace_scopes(
     stray = fresh.keys() - changed
     if stray:
         raise ValueError(f"a row of scope {min(stray)!r} is not under its own scope")
+    for sc in fresh.values():
+        _finish(sc)
+    return _assemble(rs, fresh, changed, list(targets_changed), True, version)
 
+
+def _patch_rules(rs: RuleSet, states: Iterable[RuleState], version: int) -> RuleSet | None:
+    by_scope: dict[str, list[RuleState]] = {}
+    for state in states:
+        by_scope.setdefault(state[1], []).append(state)
+    patched: dict[str, _Scope] = {}
+    for name, group in by_scope.items():
+        sc = _copy(rs._scopes.get(name, _EMPTY))
+        for rule_id, _scope, match_type, match_target, _row in group:
+            _remove(sc, rule_id, match_type, match_target)
+        # The rows that are active, compiled as compile_rules would, then merged in.
+        added: dict[str, _Scope] = {}
+        _compile_into(added, (row for *_, row in group if row is not None))
+        if added.keys() - {name}:
+            raise ValueError(f"a rule of scope {min(added.keys() - {name})!r} is not in it")
+        new = added.get(name)
+        if new is not None and not _merge(sc, new):
+            return None
+        _finish(sc)
+        if sc.count:
+            patched[name] = sc
+    return _assemble(rs, patched, set(by_scope), [], False, version)
+
+
+def _copy(old: _Scope) -> _Scope:
+    sc = _Scope()
+    sc.email = dict(old.email)
+    sc.domain = dict(old.domain)
+    sc.number = dict(old.number)
+    sc.prefix = dict(old.prefix)
+    sc.expiry = dict(old.expiry)
+    sc.anonymous = old.anonymous
+    sc.invalid = old.invalid
+    return sc
+
+
+def _table(sc: _Scope, match_type: str) -> dict[str, int] | None:
+    if match_type == "exact_email":
+        return sc.email
+    if match_type == "domain":
+        return sc.domain
+    if match_type == "exact_number":
+        return sc.number
+    if match_type == "number_prefix":
+        return sc.prefix
+    if match_type in ("anonymous", "invalid"):
+        return None
+    raise ValueError(f"unknown match_type {match_type!r}")
+
+
+def _remove(sc: _Scope, rule_id: int, match_type: str, match_target: str) -> None:
+    """Take the rule out of its slot, if it is the one that holds it."""
+    table = _table(sc, match_type)
+    if table is not None:
+        p = table.get(match_target, 0)
+        if p and p >> _ID_SHIFT == rule_id:
+            del table[match_target]
+            sc.expiry.pop(p, None)
+    elif match_type == "anonymous":
+        if sc.anonymous and sc.anonymous >> _ID_SHIFT == rule_id:
+            sc.expiry.pop(sc.anonymous, None)
+            sc.anonymous = 0
+    elif sc.invalid and sc.invalid >> _ID_SHIFT == rule_id:
+        sc.expiry.pop(sc.invalid, None)
+        sc.invalid = 0
+
+
+def _merge(sc: _Scope, new: _Scope) -> bool:
+    """Put ``new``'s rules into ``sc``; False when a slot is held by another rule (this
+    snapshot has not seen that rule go yet: the caller reads the scope whole)."""
+    for table, added in (
+        (sc.email, new.email),
+        (sc.domain, new.domain),
+        (sc.number, new.number),
+        (sc.prefix, new.prefix),
+    ):
+        for key, p in added.items():
+            held = table.get(key, 0)
+            if held and held >> _ID_SHIFT != p >> _ID_SHIFT:
+                return False
+            table[key] = p
+    for name in ("anonymous", "invalid"):
+        p = getattr(new, name)
+        held = getattr(sc, name)
+        if p:
+            if held and held >> _ID_SHIFT != p >> _ID_SHIFT:
+                return False
+            setattr(sc, name, p)
+    sc.expiry.update(new.expiry)
+    return True
+
+
+def _assemble(
+    rs: RuleSet,
+    compiled: Mapping[str, _Scope],
+    changed: set[str],
+    given: list[Target],
+    targets_replaced: bool,
+    version: int,
+) -> RuleSet:
+    """``rs`` with each scope in ``changed`` replaced by its ``compiled`` version (finished;
+    a scope missing from ``compiled`` is empty now), sharing every other scope, and the
+    entries that point at a changed scope rebuilt. ``targets_replaced``: the targets of
+    the changed scopes are ``given`` (a known one that is not has been deleted); else
+    targets are as they were, plus ``given``."""
     scopes = dict(rs._scopes)
     count = rs.rule_count
     for name in changed:
         old = scopes.pop(name, None)
         if old is not None:
             count -= old.count
-    for name, sc in fresh.items():
-        _finish(sc)
+    for name, sc in compiled.items():
         scopes[name] = sc
         count += sc.count
 
     targets = dict(rs._targets)
     entries = dict(rs._entries)
-    for name in changed:  # gone, unless given again below
-        if targets.pop(name, None) is not None:
-            del entries[name]
-    given = list(targets_changed)
+    rebuild = list(given)
+    for name in changed:
+        if targets_replaced:
+            if targets.pop(name, None) is not None:  # gone, unless given
+                del entries[name]
+        elif name in targets:
+            rebuild.append(targets[name])
     for t in given:
         targets[t.id] = t
 
@@ -444,7 +566,7 @@ def _replace_scopes(
         for t in targets.values():
             if mail_org_changed if t.kind == "mailbox" else phone_org_changed:
                 entries[t.id] = _entry_for(t, scopes, org_mail, org_phone)
-    for t in given:
+    for t in rebuild:
         entries[t.id] = _entry_for(t, scopes, org_mail, org_phone)
     return RuleSet(
         version=version,

@@ -13,26 +13,28 @@ Changes reach a process three ways:
   write, and ``notify(None)`` after each (re)connection, when messages may have been
   lost: the poller then compares versions, so nothing is missed.
 
-Incremental reloads. Every write names the scopes it changed (a target's id, or an org
-list): in the Redis invalidation message, and in the store's change log
-(``Store.changed_scopes``). The holder keeps, for the versions after its snapshot's,
-which scopes each one changed (``_seen``) and the version at which it last read each
-scope (``_fresh``); it reads just the scopes that are not fresh enough
-(``Store.scope_rules``) and builds the next RuleSet with ``RuleSet.replace_scopes``,
-which shares every other scope's compiled data. The snapshot's ``version`` only moves
-past a version once every scope that version changed has been read at or after it, so
-``version`` always means "every write up to here is in". When the versions heard of do
-not account for every version up to the store's (a lost message, a reconnection, a
-write whose message is still on its way, a write by this process), the change log fills
-the gap. Bursts coalesce: messages that arrive during a reload are handled together by
-the next one.
+Incremental reloads. Every write says what it changed — the scopes (a target's id, or
+an org list) and, for rule writes, the ids of the rules changed in each — in the Redis
+invalidation message and in the store's change log (``Store.changed_scopes``). The
+holder keeps, for the versions after its snapshot's, what each one changed (``_seen``),
+and the version at which it last read each scope (``_fresh``) and each rule
+(``_fresh_rules``). It reads only what is not fresh enough: in a large scope (an org
+list) just the changed rules (``Store.rule_states``, applied with
+``RuleSet.patch_rules``), else the whole scope (``Store.scope_rules``, applied with
+``RuleSet.replace_scopes``); either way every other scope's compiled data is shared.
+The snapshot's ``version`` only moves past a version once everything that version
+changed has been read at or after it, so ``version`` always means "every write up to
+here is in". When the versions heard of do not account for every version up to the
+store's (a lost message, a reconnection, a write whose message is still on its way, a
+write by this process), the change log fills the gap. Bursts coalesce: messages that
+arrive during a reload are handled together by the next one.
 
 A full reload (``snapshot_rules`` and ``compile_rules``, seconds for a million rules)
 happens at start-up, when the log cannot account for a version (it keeps the last
 ``CHANGE_LOG_KEEP``, or the store went back), when a write changed more scopes than the
-log lists, and when incremental is not cheaper: more than ``max_scopes`` scopes, or
-scopes holding more than half of the rules. (An org list change also rebuilds the
-per-recipient entries of its family; measured, that stays far below a full compile:
+log lists, and when incremental is not cheaper: more than ``max_scopes`` scopes to read
+whole, or scopes holding more than half of the rules. (An org list change also rebuilds
+the per-recipient entries of its family; measured, that stays far below a full compile:
 docs/redis.md.) ``[store] incremental_reload = false`` makes every change a full reload.
 
 Cold start (SPEC §5): when the store cannot be reached at start-up there is no snapshot,
@@ -47,17 +49,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.errors import StoreUnavailable
 from gateway.models import Target
 from gateway.rules import RuleSet, compile_rules
 from gateway.settings import Settings
-from gateway.store.base import SnapshotRule, Store
+from gateway.store.base import Change, RuleState, SnapshotRule, Store
 
 log = logging.getLogger("sendergate.snapshot")
 
-DEFAULT_MAX_SCOPES = 256  # more changed scopes than this at once: a full reload
+DEFAULT_MAX_SCOPES = 256  # more scopes to read whole than this at once: a full reload
+# Read a scope rule by rule when it holds more than this many times the changed rules.
+_PATCH_RATIO = 4
 _MAX_ROUNDS = 4  # read-and-apply rounds per refresh before the next wake takes over
 
 
@@ -88,12 +92,14 @@ class SnapshotHolder:
         self.last_error: str | None = None
         # True while ``current`` is the fail_open placeholder, not rules from the store.
         self.defaults_only = False
-        # Versions after the snapshot's that this process heard of → the scopes each one
-        # changed (None: too many to list, only a full reload will do).
-        self._seen: dict[int, tuple[str, ...] | None] = {}
-        # Scope → the store version at which it was last read (kept while above the
-        # snapshot's version).
+        # Versions after the snapshot's that this process heard of → what each one
+        # changed: scope → rule ids or None for the whole scope (and None for the whole
+        # change: too many scopes to list, only a full reload will do).
+        self._seen: dict[int, dict[str, tuple[int, ...] | None] | None] = {}
+        # Scope (rule id) → the store version at which it was last read (kept while
+        # above the snapshot's version).
         self._fresh: dict[str, int] = {}
+        self._fresh_rules: dict[int, int] = {}
         self._compare = False  # the next refresh asks the store what changed
 
     # --- public --------------------------------------------------------------------------
@@ -130,11 +136,13 @@ class SnapshotHolder:
         self._compare = True
         self._wake.set()
 
-    def notify(self, version: int | None, scopes: Iterable[str] | None = None) -> None:
+    def notify(self, version: int | None, scopes: Change | Iterable[str] | None = None) -> None:
         """An invalidation: the store is at ``version`` now and that write changed
-        ``scopes``. ``version`` None: messages may have been lost, compare with the
-        store; ``scopes`` None (or empty): not said, the store's change log will say. The
-        poller wakes unless this snapshot already has that version."""
+        ``scopes`` (scope names, or a ``Change``: scope → the ids of the rules changed
+        there, or None for the whole scope). ``version`` None: messages may have been
+        lost, compare with the store; ``scopes`` None (or empty): not said, the store's
+        change log will say. The poller wakes unless this snapshot already has that
+        version."""
         current = self.current
         if (
             version is not None
@@ -143,9 +151,13 @@ class SnapshotHolder:
             and not self.defaults_only
         ):
             return  # already in (this process's own admin writes reload before answering)
-        names = tuple(scopes) if scopes is not None else ()
-        if version is not None and names:
-            self._seen[version] = names
+        change: dict[str, tuple[int, ...] | None] = {}
+        if isinstance(scopes, Mapping):
+            change.update(scopes)
+        elif scopes is not None:
+            change.update((scope, None) for scope in scopes)
+        if version is not None and change:
+            self._seen[version] = change
         else:
             self._compare = True
         self._wake.set()
@@ -190,6 +202,10 @@ class SnapshotHolder:
 
     async def _full_reload(self, *, force: bool = False) -> RuleSet:
         """Read and compile everything (under the lock)."""
+        # Scopes read from here on are read after this snapshot: none is fresher. (And
+        # reads of an attempt that ends here are in no snapshot.)
+        self._fresh.clear()
+        self._fresh_rules.clear()
         version, targets, rows = await self._store.snapshot_rules()
         current = self.current
         if (
@@ -209,8 +225,6 @@ class SnapshotHolder:
             phone_mode=self._settings.phone_filter_mode,
             version=version,
         )
-        # Scopes read from here on are read after this snapshot: none is fresher.
-        self._fresh.clear()
         self._install(ruleset)
         self.full_reloads += 1
         self.defaults_only = False
@@ -233,34 +247,67 @@ class SnapshotHolder:
             if answer is None:
                 return await self._full_reload(force=True)
             goal = answer
-        ruleset = current
-        pending = set(hint)
+        # progress[0]: the RuleSet built so far. ``_fresh`` records reads that are in it,
+        # so it is installed even when a later read fails.
+        progress = [current]
+        try:
+            full = await self._rounds(base, goal, set(hint), progress)
+        except BaseException:
+            self._settle(current, progress[0], base)
+            raise
+        if full:
+            return await self._full_reload(force=True)
+        return self._settle(current, progress[0], base)
+
+    async def _rounds(
+        self, base: int, goal: int, pending: set[str], progress: list[RuleSet]
+    ) -> bool:
+        """Read stale scopes and fill gaps from the log until every version up to the
+        newest one known is in ``progress[0]``; True when only a full reload will do."""
         for _ in range(_MAX_ROUNDS):
-            if any(scopes is None for v, scopes in self._seen.items() if v > base):
-                return await self._full_reload(force=True)  # a write of very many scopes
-            need = self._stale(base) | pending
-            if need:
-                if self._too_costly(ruleset, need):
-                    return await self._full_reload(force=True)
-                version, targets, rows = await self._store.scope_rules(sorted(need))
+            if any(change is None for v, change in self._seen.items() if v > base):
+                return True  # a write of very many scopes
+            whole, by_rule = self._stale(base, progress[0])
+            whole |= pending
+            pending.clear()
+            if by_rule:
+                version, states = await self._store.rule_states(sorted(by_rule))
                 if version < base:
-                    return await self._full_reload(force=True)  # the store went back
-                ruleset = await self._apply(ruleset, targets, rows)
-                for scope in need:
+                    return True  # the store went back
+                patched = await self._patch(progress[0], states)
+                if patched is None:  # a slot held by a rule whose change is not in yet
+                    whole |= {state[1] for state in states}
+                else:
+                    progress[0] = patched
+                    for rule_id in by_rule:
+                        self._fresh_rules[rule_id] = max(
+                            self._fresh_rules.get(rule_id, -1), version
+                        )
+                goal = max(goal, version)
+            if whole:
+                if self._too_costly(progress[0], whole):
+                    return True
+                version, targets, rows = await self._store.scope_rules(sorted(whole))
+                if version < base:
+                    return True  # the store went back
+                progress[0] = await self._apply(progress[0], targets, rows)
+                for scope in whole:
                     self._fresh[scope] = max(self._fresh.get(scope, -1), version)
-                pending.clear()
                 goal = max(goal, version)
             covered = self._covered(base)
             goal = max(goal, max(self._seen, default=base))
             if covered >= goal:
-                break
+                return False
             if self._unheard(covered, goal):
                 answer = await self._ask_log(covered)
                 if answer is None:
-                    return await self._full_reload(force=True)
+                    return True
                 goal = max(goal, answer)
-        else:
-            self._wake.set()  # changes keep coming: go on at the next wake
+        self._wake.set()  # changes keep coming: go on at the next wake
+        return False
+
+    def _settle(self, current: RuleSet, ruleset: RuleSet, base: int) -> RuleSet:
+        """Install what was built, under the version up to which it is complete."""
         covered = self._covered(base)
         if ruleset is current and covered == base:
             return current
@@ -279,29 +326,56 @@ class SnapshotHolder:
         version, changes = answer
         if version < since:
             return None
-        for v, scopes in changes.items():
+        for v, change in changes.items():
             if v > since:
-                self._seen[v] = scopes
+                self._seen[v] = None if change is None else dict(change)
         return version
 
-    def _stale(self, base: int) -> set[str]:
-        """Scopes that a version heard of changed after they were last read."""
-        fresh = self._fresh
-        return {
-            scope
-            for v, scopes in self._seen.items()
-            if v > base and scopes
-            for scope in scopes
-            if fresh.get(scope, -1) < v
-        }
+    def _stale(self, base: int, ruleset: RuleSet) -> tuple[set[str], set[int]]:
+        """What versions heard of changed after it was last read: scopes to read whole,
+        and rules to read one by one (in scopes much larger than their changes)."""
+        fresh, fresh_rules = self._fresh, self._fresh_rules
+        whole: set[str] = set()
+        by_scope: dict[str, set[int]] = {}
+        for v, change in self._seen.items():
+            if v <= base or not change:
+                continue
+            for scope, ids in change.items():
+                if fresh.get(scope, -1) >= v:
+                    continue
+                if ids is None:
+                    whole.add(scope)
+                else:
+                    stale = {i for i in ids if fresh_rules.get(i, -1) < v}
+                    if stale:
+                        by_scope.setdefault(scope, set()).update(stale)
+        by_rule: set[int] = set()
+        for scope, stale_ids in by_scope.items():
+            if scope in whole:
+                continue
+            if len(stale_ids) * _PATCH_RATIO < ruleset.scope_rule_count(scope):
+                by_rule |= stale_ids
+            else:  # a small scope: reading it whole costs no more
+                whole.add(scope)
+        return whole, by_rule
+
+    def _has(self, v: int, scope: str, ids: tuple[int, ...] | None) -> bool:
+        """What version ``v`` changed in ``scope`` has been read at or after ``v``."""
+        if self._fresh.get(scope, -1) >= v:
+            return True
+        if ids is None:
+            return False
+        fresh_rules = self._fresh_rules
+        return all(fresh_rules.get(i, -1) >= v for i in ids)
 
     def _covered(self, base: int) -> int:
         """The highest version up to which every write is in the snapshot being built."""
         v = base
-        fresh = self._fresh
         while True:
-            scopes = self._seen.get(v + 1)
-            if scopes is None or any(fresh.get(s, -1) < v + 1 for s in scopes):
+            change = self._seen.get(v + 1)
+            if change is None or not all(
+                self._has(v + 1, scope, ids) for scope, ids in change.items()
+            ):
                 return v
             v += 1
 
@@ -331,10 +405,18 @@ class SnapshotHolder:
             ruleset.replace_scopes, targets, rows, version=ruleset.version
         )
 
+    async def _patch(self, ruleset: RuleSet, states: list[RuleState]) -> RuleSet | None:
+        scopes = {state[1] for state in states}
+        size = sum(ruleset.scope_rule_count(scope) for scope in scopes)
+        if size < 20_000 and ruleset.target_count < 10_000:
+            return ruleset.patch_rules(states, version=ruleset.version)
+        return await asyncio.to_thread(ruleset.patch_rules, states, version=ruleset.version)
+
     def _install(self, ruleset: RuleSet) -> None:
         version = ruleset.version
         self._seen = {v: s for v, s in self._seen.items() if v > version}
         self._fresh = {s: v for s, v in self._fresh.items() if v > version}
+        self._fresh_rules = {i: v for i, v in self._fresh_rules.items() if v > version}
         self.current = ruleset
         self.loaded_at = self._clock()
         self.reloads += 1

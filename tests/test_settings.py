@@ -149,6 +149,13 @@ def test_redis_store_settings_and_their_defaults() -> None:
     assert parse_settings({}, {}).store.poll_interval_s == 0.25
 
 
+def test_incremental_reload_is_on_unless_turned_off() -> None:
+    """``[store] incremental_reload``: on by default, for either store."""
+    assert parse_settings({}, {}).store.incremental_reload is True
+    off = parse_settings({"store": {"incremental_reload": False}}, {})
+    assert off.store.incremental_reload is False
+
+
 def test_targets_and_rule_targets_are_normalised(tmp_path: Path) -> None:
     """Addresses, numbers (national form via default_region) and rule targets are stored
     in the canonical form the API and the rules use."""
@@ -306,6 +313,12 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("cold_start value", '[store]\ncold_start = "open"', "store.cold_start", "fail_open"),
     ("poll interval", "[store]\npoll_interval_s = 0", "store.poll_interval_s", "positive"),
     ("retention", "[store]\nevent_retention_days = 0", "store.event_retention_days", ""),
+    (
+        "incremental_reload type",
+        '[store]\nincremental_reload = "no"',
+        "store.incremental_reload",
+        "true or false",
+    ),
     ("redis port", '[store]\nurl = "redis://h:port/0"', "store.url", "not a valid"),
     ("redis database", '[store]\nurl = "redis://h:6379/zero"', "store.url", "number"),
     (

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import DuplicateRule
+from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import (
     ACTIONS,
     ORG_MAIL,
@@ -33,7 +33,7 @@ from gateway.models import (
 from gateway.rules import RuleSet, compile_rules, decide
 from gateway.settings import Settings, StoreSettings
 from gateway.snapshot import SnapshotHolder
-from gateway.store.base import Store
+from gateway.store.base import RuleFilter, Store
 
 T0 = datetime(2025, 3, 4, tzinfo=UTC)
 NOW = T0.timestamp()
@@ -237,6 +237,40 @@ async def test_full_reload_when_the_log_cannot_say(
     await _assert_current(holder, store)
 
 
+async def test_a_store_error_half_way_keeps_what_was_read(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the store fails between two reads of one refresh, what was read is swapped in
+    under the version up to which it is complete, and the next refresh finishes."""
+    await _seed(store)
+    holder = SnapshotHolder(store, _settings())
+    base = (await holder.reload()).version
+    await store.create_rule(_rule(MAILBOXES[0], "exact_email", "v@ok.example"))  # unheard
+    await store.create_rule(_rule(NUMBERS[1], "exact_number", "+1415999"))
+    real = store.scope_rules
+    calls = 0
+
+    async def failing_second_time(scopes: list[str]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("store went away")
+        return await real(scopes)
+
+    monkeypatch.setattr(store, "scope_rules", failing_second_time)
+    holder.notify(base + 2, [NUMBERS[1]])
+    with pytest.raises(StoreUnavailable):
+        await holder._refresh(compare=False)
+    half = holder.current
+    assert half is not None and half.version == base  # the unheard write is not in yet
+    caller = Sender("phone", "+1415999", "+1415999")
+    assert decide(half, caller, NUMBERS[1], "phone", now=NOW).verdict == "drop"
+    monkeypatch.setattr(store, "scope_rules", real)
+    await holder.reload([MAILBOXES[0]])
+    await _assert_current(holder, store)
+    assert holder.full_reloads == 1
+
+
 async def test_full_reload_for_a_write_of_many_scopes(store: Store) -> None:
     """A batch that changed more scopes than the log lists (or than ``max_scopes``) is
     loaded in full."""
@@ -261,22 +295,56 @@ async def test_full_reload_for_a_write_of_many_scopes(store: Store) -> None:
     await _assert_current(holder, store)
 
 
-async def test_full_reload_when_the_scopes_hold_most_rules(store: Store) -> None:
-    """Reading scopes that hold more than half the rules one by one is no cheaper than
-    reading everything."""
+async def test_a_large_scope_is_patched_rule_by_rule(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few rules changed in a large scope (an org list) are read by id and patched in;
+    a small scope is read whole; a batch of more rules than the change log lists makes
+    the large scope read whole, which for scopes holding most rules is a full reload."""
     await store.create_rules(
         [_rule(ORG_MAIL, "domain", f"d{i}.example") for i in range(1200)]
-        + [_rule(MAILBOXES[0], "domain", f"d{i}.example") for i in range(50)]
+        + [_rule(MAILBOXES[0], "domain", f"d{i}.example") for i in range(3)]
     )
     holder = SnapshotHolder(store, _settings())
     await holder.reload()
+    reads: list[str] = []
+    scope_rules, rule_states = store.scope_rules, store.rule_states
+
+    async def scope_read(scopes: list[str]) -> Any:
+        reads.append(f"scopes {','.join(scopes)}")
+        return await scope_rules(scopes)
+
+    async def rule_read(ids: list[int]) -> Any:
+        reads.append(f"{len(ids)} rules")
+        return await rule_states(ids)
+
+    monkeypatch.setattr(store, "scope_rules", scope_read)
+    monkeypatch.setattr(store, "rule_states", rule_read)
+
     await store.create_rule(_rule(MAILBOXES[0], "domain", "spam.example"))
     await holder.reload()
-    assert (holder.full_reloads, holder.incremental_reloads) == (1, 1)
-    await store.create_rule(_rule(ORG_MAIL, "domain", "spam.example"))
+    assert reads == [f"scopes {MAILBOXES[0]}"]
+    spam = await store.create_rule(_rule(ORG_MAIL, "domain", "spam.example"))
     await holder.reload()
-    assert (holder.full_reloads, holder.incremental_reloads) == (2, 1)
+    await store.update_rule(spam.id, {"action": "mute"})
+    first = (await store.list_rules(RuleFilter(scopes=(ORG_MAIL,)), limit=1, offset=5))[0][0]
+    await store.delete_rule(first.id)
+    await holder.reload()
+    assert reads[1:] == ["1 rules", "2 rules"]
+    assert (holder.full_reloads, holder.incremental_reloads) == (1, 3)
     await _assert_current(holder, store)
+    email = Sender("email", "x@spam.example", "x@spam.example", domain="spam.example")
+    assert decide(_current(holder), email, MAILBOXES[1], "mail", now=NOW).verdict == "mute"
+
+    await store.create_rules([_rule(ORG_MAIL, "domain", f"e{i}.example") for i in range(200)])
+    await holder.reload()
+    assert (holder.full_reloads, holder.incremental_reloads) == (2, 3)
+    await _assert_current(holder, store)
+
+
+def _current(holder: SnapshotHolder) -> RuleSet:
+    assert holder.current is not None
+    return holder.current
 
 
 async def test_incremental_off_reloads_everything(store: Store) -> None:
@@ -299,14 +367,20 @@ async def test_random_writes_and_lossy_notifications_converge(store: Store, seed
     full reload."""
     rng = random.Random(seed)
     await _seed(store)
+    # Org lists large enough to be patched rule by rule.
+    await store.create_rules(
+        [_rule(ORG_MAIL, "exact_email", f"f{i}@filler.example") for i in range(40)]
+        + [_rule(ORG_PHONE, "exact_number", f"+1800555{i:04d}") for i in range(40)]
+    )
     holder = SnapshotHolder(store, _settings())
     await holder.reload()
     task = asyncio.create_task(holder.run(0.03))
     scopes = (*MAILBOXES, "d@ours.example", *NUMBERS, ORG_MAIL, ORG_PHONE)
-    delayed: list[tuple[int, tuple[str, ...]]] = []
+    delayed: list[tuple[int, Any]] = []
     try:
         for step in range(40):
             scope = rng.choice(scopes)
+            change: Any = [scope]  # what the notification says: the scope, or its rules
             mail = scope == ORG_MAIL or "@" in scope
             exists = scope in ORG_SCOPES or await store.get_target(_kind(scope), scope) is not None
             if not exists:
@@ -321,6 +395,11 @@ async def test_random_writes_and_lossy_notifications_converge(store: Store, seed
                 if isinstance(result, DuplicateRule):  # change the slot's holder instead
                     status = rng.choice(("active", "paused", "deleted"))
                     await store.update_rule(result.existing_rule_id, {"status": status})
+                    rule_id = result.existing_rule_id
+                else:
+                    rule_id = result.id
+                if rng.random() < 0.5:
+                    change = {scope: (rule_id,)}
             elif rng.random() < 0.7:
                 mode = rng.choice(("blacklist", "whitelist"))
                 changes = {"filter_mode": mode, "enforce": rng.random() < 0.7}
@@ -330,11 +409,11 @@ async def test_random_writes_and_lossy_notifications_converge(store: Store, seed
             version = await store.version()
             fate = rng.random()
             if fate < 0.5:
-                holder.notify(version, [scope])
+                holder.notify(version, change)
             elif fate < 0.6:
                 holder.notify(version, None)
             elif fate < 0.8:
-                delayed.append((version, (scope,)))
+                delayed.append((version, change))
             # else: lost
             if delayed and rng.random() < 0.3:
                 rng.shuffle(delayed)

@@ -21,6 +21,7 @@ import pytest
 from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Rule, Target, TargetKind
 from gateway.store.base import (
+    Change,
     ContactDelta,
     ContactFilter,
     EventFilter,
@@ -404,9 +405,9 @@ async def test_listener_hears_writes_and_resubscribes_after_a_restart(
     await store.open()
     await writer.open()
     heard: list[int | None] = []
-    scopes: list[tuple[str, ...] | None] = []
+    scopes: list[Change | None] = []
 
-    def on_change(version: int | None, changed: tuple[str, ...] | None) -> None:
+    def on_change(version: int | None, changed: Change | None) -> None:
         heard.append(version)
         scopes.append(changed)
 
@@ -416,7 +417,7 @@ async def test_listener_hears_writes_and_resubscribes_after_a_restart(
         assert store.subscribed
         await writer.create_rule(_rule("one.example"))
         await _wait_until(lambda: heard == [None, 1])
-        assert scopes == [None, (ORG_MAIL,)]
+        assert scopes == [None, {ORG_MAIL: (1,)}]
         private_redis.stop(save=True)
         await _wait_until(lambda: not store.subscribed)
         private_redis.start()
@@ -565,9 +566,9 @@ async def test_change_log_misses_a_version_written_without_it(redis_store: Redis
     rather than miss that write."""
     await redis_store.create_rule(_rule("one.example"))
     await redis_store._redis().incr(redis_store._key("version"))  # an unlogged write
-    await redis_store.create_rule(_rule("two.example"))
+    two = await redis_store.create_rule(_rule("two.example"))
     assert await redis_store.changed_scopes(0) is None
-    assert await redis_store.changed_scopes(2) == (3, {3: (ORG_MAIL,)})
+    assert await redis_store.changed_scopes(2) == (3, {3: {ORG_MAIL: (two.id,)}})
 
 
 async def test_scope_rules_reads_a_scope_of_several_scan_pages(redis_store: RedisStore) -> None:
@@ -587,3 +588,29 @@ async def test_scope_rules_reads_a_scope_of_several_scan_pages(redis_store: Redi
     assert len(rows[ORG_MAIL]) == total - total // 10
     assert {row[4] for row in rows[ORG_MAIL]} == {f"d{i}.example" for i in range(total) if i % 10}
     assert [row[0] for row in rows[ORG_MAIL]] == sorted(row[0] for row in rows[ORG_MAIL])
+
+
+async def test_scope_rules_reads_again_when_writes_land_between_ranges(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scope read in several ranges, with writes landing between them (which could
+    shift the ranks), is read again, and under constant writes scanned: the answer still
+    holds every rule its version counts."""
+    monkeypatch.setattr("gateway.store.redis._SCAN_COUNT", 10)
+    await redis_store.create_rules([_rule(f"d{i}.example") for i in range(35)])
+    script = redis_store._scripts["scope_rows"]
+    late = 0
+
+    async def writing_in_between(keys: Any, args: Any, client: Any = None) -> Any:
+        nonlocal late
+        if args[2] != 0:  # a later range: another replica writes first
+            late += 1
+            await redis_store.create_rule(_rule(f"late{late}.example"))
+        return await script(keys=keys, args=args, client=client)
+
+    monkeypatch.setitem(redis_store._scripts, "scope_rows", writing_in_between)
+    version, _, rows = await redis_store.scope_rules([ORG_MAIL])
+    assert late >= 3 * 3  # three attempts of three later ranges, then the scan
+    assert version == await redis_store.version()
+    _, _, everything = await redis_store.snapshot_rules()
+    assert sorted(rows[ORG_MAIL]) == sorted(everything)

@@ -235,8 +235,8 @@ async def test_a_file_from_before_the_change_log_is_migrated(db_path: str) -> No
         assert _schema(db_path)[0] == SCHEMA_VERSION
         assert await store.changed_scopes(1) is None
         assert await store.changed_scopes(2) == (2, {})
-        await store.create_rule(_rule("three.example"))
-        assert await store.changed_scopes(2) == (3, {3: (ORG_MAIL,)})
+        three = await store.create_rule(_rule("three.example"))
+        assert await store.changed_scopes(2) == (3, {3: {ORG_MAIL: (three.id,)}})
         assert await store.changed_scopes(1) is None
     finally:
         await store.close()
@@ -247,7 +247,9 @@ async def test_change_log_keeps_the_last_versions(
 ) -> None:
     """Each write trims the log to the last CHANGE_LOG_KEEP versions."""
     monkeypatch.setattr("gateway.store.sqlite.CHANGE_LOG_KEEP", 3)
-    for i in range(6):
-        await sqlite_store.create_rule(_rule(f"d{i}.example"))
+    ids = [(await sqlite_store.create_rule(_rule(f"d{i}.example"))).id for i in range(6)]
     assert await sqlite_store.changed_scopes(2) is None
-    assert await sqlite_store.changed_scopes(3) == (6, {v: (ORG_MAIL,) for v in (4, 5, 6)})
+    assert await sqlite_store.changed_scopes(3) == (
+        6,
+        {v: {ORG_MAIL: (ids[v - 1],)} for v in (4, 5, 6)},
+    )

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from gateway.store.base import EventFilter, EventRecord, RuleFilter, SnapshotRule, Store
+from gateway.store.base import (
+    Change,
+    EventFilter,
+    EventRecord,
+    RuleFilter,
+    SnapshotRule,
+    Store,
+)
 
 __all__ = [
     "EventFilter",
@@ -22,11 +29,11 @@ __all__ = [
 class PushesInvalidations(Protocol):
     """A store that tells its processes about writes (Redis pub/sub), beside polling."""
 
-    async def listen(self, on_change: Callable[[int | None, tuple[str, ...] | None], None]) -> None:
-        """Run until cancelled: ``on_change(version, scopes)`` per write anywhere (the
-        scopes it changed, or None when the message does not say), and
-        ``on_change(None, None)`` whenever a change may have been missed (after each
-        (re)connection), for the caller to compare versions."""
+    async def listen(self, on_change: Callable[[int | None, Change | None], None]) -> None:
+        """Run until cancelled: ``on_change(version, change)`` per write anywhere (what it
+        changed, as ``Store.changed_scopes`` says, or None when the message does not
+        say), and ``on_change(None, None)`` whenever a change may have been missed (after
+        each (re)connection), for the caller to compare versions."""
 
 
 def open_store(url: str, *, key_prefix: str = "sendergate:") -> Store:

@@ -6,9 +6,10 @@ Every backend passes the same contract suite (``tests/contract/``). Rules:
   a replica or worker that polls (SQLite) or is told (Redis) can reload its snapshot.
   Counter updates (rule hits, contacts), contact categories, audit entries and events do
   not bump the version.
-* The same transaction logs which scopes the write changed (``changed_scopes``): a
-  target's id for a target write (its rules are in that scope), a rule's scope for a rule
-  write. A reader then reloads only those scopes (``scope_rules``).
+* The same transaction logs what the write changed (``changed_scopes``): for a target
+  write, the target's id as a whole scope (its rules are in that scope); for a rule write,
+  each rule's scope with the ids of the rules changed in it. A reader then reloads only
+  those scopes (``scope_rules``), or in a large scope only those rules (``rule_states``).
 * Timestamps are timezone-aware UTC datetimes.
 * A backend that cannot reach its storage raises ``StoreUnavailable``; ``DuplicateRule``
   carries the id of the rule that holds the slot; a missing row is ``None`` / ``False``,
@@ -38,13 +39,24 @@ from gateway.models import (
 )
 
 # Every store logs the scopes of its last CHANGE_LOG_KEEP versions (``changed_scopes``); a
-# write that changed more than CHANGE_LOG_MAX_SCOPES scopes is logged as "too many".
+# write that changed more than CHANGE_LOG_MAX_SCOPES scopes is logged as "too many", and
+# more than CHANGE_LOG_MAX_RULES rules of one scope as that whole scope.
 CHANGE_LOG_KEEP: Final = 10_000
 CHANGE_LOG_MAX_SCOPES: Final = 128
+CHANGE_LOG_MAX_RULES: Final = 128
+
+# What one write changed: scope → the ids of the rules it changed there, or None for the
+# whole scope (a target write, or too many rules to list).
+Change = Mapping[str, tuple[int, ...] | None]
 
 # The compact row the snapshot compiler needs, for *active* rules only:
 # (id, scope, action, match_type, match_target, include_subdomains, expires_at epoch or None)
 SnapshotRule = tuple[int, str, Action, MatchType, str, bool, float | None]
+
+# One rule as ``rule_states`` reads it: (id, scope, match_type, match_target, its compact
+# row when it is active, else None). A rule's scope, match_type and match_target never
+# change, so they say where the rule sits in a compiled snapshot even once it is gone.
+RuleState = tuple[int, str, MatchType, str, SnapshotRule | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,15 +300,18 @@ class Store(Protocol):
         that lands during the read may be partly in them; its version is larger, so the
         caller, who hears of that write, reads its scopes again."""
 
-    async def changed_scopes(
-        self, since: int
-    ) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
-        """The current version and, for each version after ``since`` up to it, the scopes
-        that write changed (a target's id or an org list; ``None`` for a write that
-        changed too many scopes to list). ``None`` when the store cannot list every one
-        of those versions: its change log does not reach back that far (it keeps the
-        last ``CHANGE_LOG_KEEP``), or ``since`` is ahead of the store (restored from a
-        backup). The caller then reloads everything."""
+    async def changed_scopes(self, since: int) -> tuple[int, dict[int, Change | None]] | None:
+        """The current version and, for each version after ``since`` up to it, what that
+        write changed (a ``Change``: scope → rule ids, or None for the whole scope; the
+        whole ``Change`` is None for a write of more than ``CHANGE_LOG_MAX_SCOPES``
+        scopes). ``None`` when the store cannot list every one of those versions: its
+        change log does not reach back that far (it keeps the last ``CHANGE_LOG_KEEP``),
+        or ``since`` is ahead of the store (restored from a backup). The caller then
+        reloads everything."""
+
+    async def rule_states(self, ids: Sequence[int]) -> tuple[int, list[RuleState]]:
+        """(version, the state of each of these rules that exists, in any order). As for
+        ``scope_rules``, the version is read before the rules."""
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
         """Add counts to rules' ``hits`` and set ``last_matched_at`` (rule id → (n, at)),

@@ -39,8 +39,10 @@ from gateway.errors import BadRequest, Conflict, DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Rule, Target, TargetKind
 from gateway.store.base import (
     CHANGE_LOG_KEEP,
+    CHANGE_LOG_MAX_RULES,
     CHANGE_LOG_MAX_SCOPES,
     AuditEntry,
+    Change,
     Contact,
     ContactDelta,
     ContactFilter,
@@ -49,6 +51,7 @@ from gateway.store.base import (
     EventRecord,
     NewAudit,
     RuleFilter,
+    RuleState,
     SnapshotRule,
     exact_match_type,
 )
@@ -186,15 +189,17 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX audit_scope ON audit (scope, at, id)",
         "CREATE INDEX audit_actor ON audit (actor, at, id)",
     ),
-    # 2 → 3: the log of which scopes each version changed (``changed_scopes``), so that
-    # a worker reloads only those. A file migrated from an older schema starts with an
-    # empty log: versions before it are not listed, and asking for them says so. A
-    # write that changed too many scopes is logged with the scope ``*`` (no scope
-    # string is that).
+    # 2 → 3: the log of what each version changed (``changed_scopes``), so that a worker
+    # reloads only that. One row per scope a write changed, with the ids of the rules it
+    # changed there (comma-separated; NULL: the whole scope). A file migrated from an
+    # older schema starts with an empty log: versions before it are not listed, and
+    # asking for them says so. A write that changed too many scopes is logged with the
+    # scope ``*`` (no scope string is that).
     (
         """CREATE TABLE changes (
             version INTEGER NOT NULL,
             scope TEXT NOT NULL,
+            rules TEXT,
             PRIMARY KEY (version, scope)
         ) WITHOUT ROWID""",
     ),
@@ -469,16 +474,20 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
-def _bump_version(conn: sqlite3.Connection, scopes: Iterable[str]) -> None:
-    """Bump the version and log the scopes that this write changed (same transaction)."""
+def _bump_version(conn: sqlite3.Connection, changes: Mapping[str, Iterable[int] | None]) -> None:
+    """Bump the version and log what this write changed (same transaction): scope → the
+    ids of the rules changed in it, or None for the whole scope."""
     conn.execute("UPDATE meta SET version = version + 1 WHERE id = 1")
     version = _read_version(conn)
-    names = sorted(set(scopes))
-    if not names or len(names) > CHANGE_LOG_MAX_SCOPES:
-        names = ["*"]
-    conn.executemany(
-        "INSERT INTO changes (version, scope) VALUES (?, ?)", [(version, n) for n in names]
-    )
+    rows: list[tuple[int, str, str | None]] = []
+    for scope, ids in changes.items():
+        listed = None if ids is None else sorted(set(ids))
+        if listed is not None and (not listed or len(listed) > CHANGE_LOG_MAX_RULES):
+            listed = None
+        rows.append((version, scope, None if listed is None else ",".join(map(str, listed))))
+    if not rows or len(rows) > CHANGE_LOG_MAX_SCOPES:
+        rows = [(version, "*", None)]
+    conn.executemany("INSERT INTO changes (version, scope, rules) VALUES (?, ?, ?)", rows)
     conn.execute("DELETE FROM changes WHERE version <= ?", (version - CHANGE_LOG_KEEP,))
 
 
@@ -549,7 +558,7 @@ def _create_target(conn: sqlite3.Connection, t: Target) -> Target:
             )
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"{t.kind} {t.id} already exists") from exc
-        _bump_version(conn, [t.id])
+        _bump_version(conn, {t.id: None})
         created = _get_target(conn, t.kind, t.id)
     assert created is not None
     return created
@@ -573,7 +582,7 @@ def _update_target(
         )
         if cursor.rowcount == 0:
             return None
-        _bump_version(conn, [target_id])
+        _bump_version(conn, {target_id: None})
         return _get_target(conn, kind, target_id)
 
 
@@ -589,7 +598,7 @@ def _delete_target(
             " WHERE scope = ? AND status != 'deleted'",
             (_to_us(now), target_id),
         )
-        _bump_version(conn, [target_id])
+        _bump_version(conn, {target_id: None})
     return True
 
 
@@ -671,7 +680,10 @@ def _create_rules(
     now_us = _to_us(now)
     with _transaction(conn, write=True):
         results = [_insert_rule(conn, r, now_us) for r in rules]
-        created = {result.scope for result in results if isinstance(result, Rule)}
+        created: dict[str, list[int]] = {}
+        for result in results:
+            if isinstance(result, Rule):
+                created.setdefault(result.scope, []).append(result.id)
         if created:
             _bump_version(conn, created)
     return results
@@ -702,7 +714,7 @@ def _update_rule(
             return None
         rule = _get_rule(conn, rule_id)
         assert rule is not None
-        _bump_version(conn, [rule.scope])
+        _bump_version(conn, {rule.scope: [rule.id]})
         return rule
 
 
@@ -715,7 +727,7 @@ def _delete_rule(conn: sqlite3.Connection, rule_id: int, now: datetime) -> Rule 
         )
         rule = _get_rule(conn, rule_id)
         if cursor.rowcount and rule is not None:
-            _bump_version(conn, [rule.scope])
+            _bump_version(conn, {rule.scope: [rule.id]})
         return rule
 
 
@@ -805,23 +817,43 @@ def _scope_rules(
 
 def _changed_scopes(
     conn: sqlite3.Connection, since: int
-) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+) -> tuple[int, dict[int, Change | None]] | None:
     with _transaction(conn, write=False):
         version = _read_version(conn)
         if since > version:
             return None  # the store went back (a restored file): only a full load will do
         rows = conn.execute(
-            "SELECT version, scope FROM changes WHERE version > ? AND version <= ?",
+            "SELECT version, scope, rules FROM changes WHERE version > ? AND version <= ?"
+            " ORDER BY version",
             (since, version),
         ).fetchall()
-    grouped: dict[int, list[str]] = {}
-    for v, scope in rows:
-        grouped.setdefault(int(v), []).append(scope)
+    grouped: dict[int, dict[str, tuple[int, ...] | None] | None] = {}
+    for v, scope, ids in rows:
+        if scope == "*":
+            grouped[int(v)] = None
+            continue
+        change = grouped.setdefault(int(v), {})
+        if change is not None:
+            change[scope] = None if ids is None else tuple(int(i) for i in ids.split(","))
     if len(grouped) != version - since:
         return None  # the log does not reach back that far
-    return version, {
-        v: None if "*" in scopes else tuple(scopes) for v, scopes in sorted(grouped.items())
-    }
+    return version, dict(grouped)
+
+
+def _rule_states(conn: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, list[RuleState]]:
+    out: list[RuleState] = []
+    with _transaction(conn, write=False):
+        version = _read_version(conn)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            query = (
+                f"SELECT {_SNAPSHOT_COLUMNS}, status FROM rules"  # noqa: S608
+                f" WHERE id IN ({_placeholders(len(chunk))})"
+            )
+            for rid, scope, action, mt, target, inc, expires, status in conn.execute(query, chunk):
+                row = (rid, scope, action, mt, target, inc == 1, expires)
+                out.append((rid, scope, mt, target, row if status == "active" else None))
+    return version, out
 
 
 def _add_rule_hits(conn: sqlite3.Connection, hits: Mapping[int, tuple[int, datetime]]) -> None:
@@ -1266,10 +1298,11 @@ class SQLiteStore:
     ) -> tuple[int, list[Target], dict[str, list[SnapshotRule]]]:
         return await self._run(_scope_rules, list(dict.fromkeys(scopes)))
 
-    async def changed_scopes(
-        self, since: int
-    ) -> tuple[int, dict[int, tuple[str, ...] | None]] | None:
+    async def changed_scopes(self, since: int) -> tuple[int, dict[int, Change | None]] | None:
         return await self._run(_changed_scopes, since)
+
+    async def rule_states(self, ids: Sequence[int]) -> tuple[int, list[RuleState]]:
+        return await self._run(_rule_states, list(dict.fromkeys(int(i) for i in ids)))
 
     async def add_rule_hits(self, hits: Mapping[int, tuple[int, datetime]]) -> None:
         await self._run(_add_rule_hits, dict(hits))

@@ -591,14 +591,18 @@ async def test_scope_rules_of_a_deleted_target_is_empty(store: Store) -> None:
     assert await store.scope_rules([NUMBER]) == (await store.version(), [], {NUMBER: []})
 
 
-async def test_changed_scopes_lists_the_scopes_of_each_write(store: Store) -> None:
-    """changed_scopes(v) names, for each version after v, the scopes that write changed:
-    the target's id for target writes, the rules' scopes for rule writes."""
+async def test_changed_scopes_lists_what_each_write_changed(store: Store) -> None:
+    """changed_scopes(v) says, for each version after v, what that write changed: a target
+    write its target's whole scope (None), a rule write each scope with the ids of the
+    rules changed there."""
     start = await store.version()
     assert await store.changed_scopes(start) == (start, {})
     await store.create_target(_target())
     rule = await _create(store, _rule("spam.example", scope=MAILBOX))
-    await store.create_rules([_rule("a.example"), _rule("+1900", ORG_PHONE, "number_prefix")])
+    a, b = await store.create_rules(
+        [_rule("a.example"), _rule("+1900", ORG_PHONE, "number_prefix")]
+    )
+    assert isinstance(a, Rule) and isinstance(b, Rule)
     await store.update_rule(rule.id, {"action": "allow"})
     with pytest.raises(DuplicateRule):  # no change, no version
         await store.create_rule(_rule("a.example"))
@@ -610,32 +614,60 @@ async def test_changed_scopes_lists_the_scopes_of_each_write(store: Store) -> No
     assert answer is not None
     version, changes = answer
     assert version == await store.version() == start + 7
-    assert list(changes) == list(range(start + 1, start + 8))
-    assert [set(scopes or ()) for scopes in changes.values()] == [
-        {MAILBOX},
-        {MAILBOX},
-        {ORG_MAIL, ORG_PHONE},
-        {MAILBOX},
-        {MAILBOX},
-        {MAILBOX},
-        {MAILBOX},
-    ]
+    assert changes == {
+        start + 1: {MAILBOX: None},
+        start + 2: {MAILBOX: (rule.id,)},
+        start + 3: {ORG_MAIL: (a.id,), ORG_PHONE: (b.id,)},
+        start + 4: {MAILBOX: (rule.id,)},
+        start + 5: {MAILBOX: None},
+        start + 6: {MAILBOX: (rule.id,)},
+        start + 7: {MAILBOX: None},
+    }
+    assert list(changes) == sorted(changes)
     later = await store.changed_scopes(start + 5)
-    assert later == (start + 7, {start + 6: (MAILBOX,), start + 7: (MAILBOX,)})
+    assert later == (start + 7, {start + 6: {MAILBOX: (rule.id,)}, start + 7: {MAILBOX: None}})
 
 
 async def test_changed_scopes_says_none_when_it_cannot_list_every_version(
     store: Store,
 ) -> None:
     """None for versions the log does not hold (version 0 is no write) and for a version
-    ahead of the store; a write of very many scopes is listed with scopes None."""
+    ahead of the store. A write of very many scopes is listed as None, one of very many
+    rules in a scope as that whole scope."""
     await _create(store, _rule("a.example"))
     version = await store.version()
     assert await store.changed_scopes(-1) is None
     assert await store.changed_scopes(version + 1) is None
-    many = [_rule("a.example", scope=f"m{i}@acme.example") for i in range(300)]
-    await store.create_rules(many)
-    assert await store.changed_scopes(version) == (version + 1, {version + 1: None})
+    await store.create_rules([_rule("a.example", scope=f"m{i}@acme.example") for i in range(300)])
+    await store.create_rules([_rule(f"d{i}.example", scope=ORG_PHONE) for i in range(200)])
+    assert await store.changed_scopes(version) == (
+        version + 2,
+        {version + 1: None, version + 2: {ORG_PHONE: None}},
+    )
+
+
+async def test_rule_states_reads_rules_by_id(store: Store) -> None:
+    """rule_states answers the version and, for each rule asked for that exists, its
+    scope, match_type, match_target and active row (None when paused or deleted)."""
+    expires = T0 + timedelta(days=1)
+    active = await _create(store, _rule("spam.example", expires_at=expires))
+    paused = await _create(store, _rule("+1900", ORG_PHONE, "number_prefix", status="paused"))
+    gone = await _create(store, _rule("gone.example"))
+    await store.delete_rule(gone.id)
+    version, states = await store.rule_states([gone.id, active.id, 999_999, paused.id, active.id])
+    assert version == await store.version()
+    assert sorted(states) == [
+        (
+            active.id,
+            ORG_MAIL,
+            "domain",
+            "spam.example",
+            (active.id, ORG_MAIL, "block", "domain", "spam.example", True, expires.timestamp()),
+        ),
+        (paused.id, ORG_PHONE, "number_prefix", "+1900", None),
+        (gone.id, ORG_MAIL, "domain", "gone.example", None),
+    ]
+    assert await store.rule_states([]) == (version, [])
 
 
 async def test_add_rule_hits_adds_counts_and_keeps_the_latest_match(store: Store) -> None:
