@@ -68,17 +68,17 @@ holding only the rules that have one.
 
 Incremental updates: every scope's compiled data is self-contained (its tables, its
 expiries, its prefix lengths), so ``RuleSet.replace_scopes`` builds a new RuleSet that
-shares the compiled scopes that did not change and compiles only the ones that did. What
-depends on more than one scope is the per-recipient ``_Entry`` (target scope + the org
-list of its family, and the union of their prefix lengths): the entries of the changed
-targets are rebuilt, and all entries of a family when its org list changed. Measured on
-the development VM (``tests/test_rules.py`` has the correctness tests, ``docs/redis.md``
-the numbers): replacing one target scope costs tens of microseconds plus a copy of the
-scope, target and entry dicts (about 1 ms per 10,000 targets); an org list change also
-rebuilds that family's entries (about 0.4 µs per target) and compiles the org list itself
-(about 1.5 µs per rule), which is still far below a full compile as long as the org list
-holds a minority of the rules. ``gateway.snapshot`` decides when to fall back to a full
-reload.
+shares every compiled scope that did not change and compiles only the ones that did
+(about 1.3 µs per rule of those scopes), and ``RuleSet.patch_rules`` changes a few rules
+of one scope for the price of a copy of that scope's tables instead of a compile (one
+rule of a 30,000-rule org list: under 1 ms). The per-recipient ``_Entry`` holds the
+target's scope and the merged prefix lengths, not the org list (``decide`` takes that
+from the RuleSet), so an org list change rebuilds no entry unless the org list's set of
+prefix lengths moved, and then only the entries of targets with prefix rules of their
+own. Either way the scope, target and entry dicts are copied: about 1 ms per 10,000
+targets. (Measured with ``bench/decide.py``'s rule sets on the development VM;
+``gateway.snapshot`` chooses between these and a full reload, ``docs/redis.md`` has the
+end-to-end numbers.)
 """
 
 from __future__ import annotations
@@ -187,17 +187,18 @@ def _merged_lens(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 class _Entry:
     """What ``decide`` needs for one recipient (or for unknown recipients of a family)."""
 
-    __slots__ = ("default_verdict", "enforce", "family", "lens", "mode", "org", "scope")
+    __slots__ = ("default_verdict", "enforce", "family", "lens", "mode", "scope")
 
     def __init__(
-        self, family: Family, scope: _Scope, org: _Scope, mode: Mode, enforce: bool
+        self, family: Family, scope: _Scope, org_lens: tuple[int, ...], mode: Mode, enforce: bool
     ) -> None:
         self.family: Family = family
         self.scope = scope
-        self.org = org
-        # Prefix lengths present in either scope, longest first: the prefix walk tries
-        # only these. (Most targets have no prefix rules of their own: share the org's.)
-        self.lens: tuple[int, ...] = _merged_lens(scope.lens, org.lens) if scope.lens else org.lens
+        # Prefix lengths present in the target's scope or its family's org list, longest
+        # first: the prefix walk tries only these. Empty when the target has no prefix
+        # rules of its own (most): ``decide`` then takes the org list's. The org list
+        # itself is not kept here, so that an org list change leaves entries alone.
+        self.lens: tuple[int, ...] = _merged_lens(scope.lens, org_lens) if scope.lens else ()
         self.mode: Mode = mode
         self.enforce = enforce
         self.default_verdict: Verdict = "deliver" if mode == "blacklist" else "drop"
@@ -218,6 +219,8 @@ class RuleSet:
     _targets: Mapping[str, Target]
     _entries: Mapping[str, _Entry]
     _defaults: tuple[_Entry, _Entry]  # (mail, phone) for unknown recipients
+    _org_mail: _Scope
+    _org_phone: _Scope
     _scopes: Mapping[str, _Scope]
 
     def target(self, target_id: str) -> Target | None:
@@ -253,8 +256,7 @@ class RuleSet:
         their current settings (mode, enforce); a known target whose scope is in
         ``rows_by_scope`` but that is not among them has been deleted. A target may also
         be given without its scope (a settings change only): its rules stay. Entries of
-        the changed targets are rebuilt, and every entry of a family whose org list
-        changed.
+        the changed targets are rebuilt (see the module docstring for the org lists).
 
         Raises ``ValueError`` as ``compile_rules`` does, or when a row's scope is not
         one of ``rows_by_scope``'s keys.
@@ -327,7 +329,12 @@ def compile_rules(
         phone_mode=phone_mode,
         _targets=target_map,
         _entries=entries,
-        _defaults=_default_entries(org_mail, org_phone, mail_mode, phone_mode),
+        _defaults=(
+            _Entry("mail", _EMPTY, (), mail_mode, True),
+            _Entry("phone", _EMPTY, (), phone_mode, True),
+        ),
+        _org_mail=org_mail,
+        _org_phone=org_phone,
         _scopes=scopes,
     )
 
@@ -400,17 +407,8 @@ def _entry_for(
     t: Target, scopes: Mapping[str, _Scope], org_mail: _Scope, org_phone: _Scope
 ) -> _Entry:
     if t.kind == "mailbox":
-        return _Entry("mail", scopes.get(t.id, _EMPTY), org_mail, t.filter_mode, t.enforce)
-    return _Entry("phone", scopes.get(t.id, _EMPTY), org_phone, t.filter_mode, t.enforce)
-
-
-def _default_entries(
-    org_mail: _Scope, org_phone: _Scope, mail_mode: Mode, phone_mode: Mode
-) -> tuple[_Entry, _Entry]:
-    return (
-        _Entry("mail", _EMPTY, org_mail, mail_mode, True),
-        _Entry("phone", _EMPTY, org_phone, phone_mode, True),
-    )
+        return _Entry("mail", scopes.get(t.id, _EMPTY), org_mail.lens, t.filter_mode, t.enforce)
+    return _Entry("phone", scopes.get(t.id, _EMPTY), org_phone.lens, t.filter_mode, t.enforce)
 
 
 def _replace_scopes(
@@ -558,14 +556,14 @@ def _assemble(
 
     org_mail = scopes.get(ORG_MAIL, _EMPTY)
     org_phone = scopes.get(ORG_PHONE, _EMPTY)
-    mail_org_changed = ORG_MAIL in changed
-    phone_org_changed = ORG_PHONE in changed
-    if mail_org_changed or phone_org_changed:
-        # Every entry of that family points at the org list and merges its prefix
-        # lengths: rebuild them all.
-        for t in targets.values():
-            if mail_org_changed if t.kind == "mailbox" else phone_org_changed:
-                entries[t.id] = _entry_for(t, scopes, org_mail, org_phone)
+    mail_lens_changed = org_mail.lens != rs._org_mail.lens
+    phone_lens_changed = org_phone.lens != rs._org_phone.lens
+    if mail_lens_changed or phone_lens_changed:
+        # The entries of targets with prefix rules of their own merge the org list's
+        # prefix lengths into theirs: rebuild those of the family whose lengths moved.
+        for tid, e in entries.items():
+            if e.lens and (mail_lens_changed if e.family == "mail" else phone_lens_changed):
+                rebuild.append(targets[tid])
     for t in rebuild:
         entries[t.id] = _entry_for(t, scopes, org_mail, org_phone)
     return RuleSet(
@@ -575,7 +573,9 @@ def _assemble(
         phone_mode=rs.phone_mode,
         _targets=targets,
         _entries=entries,
-        _defaults=_default_entries(org_mail, org_phone, rs.mail_mode, rs.phone_mode),
+        _defaults=rs._defaults,
+        _org_mail=org_mail,
+        _org_phone=org_phone,
         _scopes=scopes,
     )
 
@@ -696,15 +696,16 @@ def decide(
         # A recipient of the other family is treated like an unknown one.
         e = rs._defaults[0] if family == "mail" else rs._defaults[1]
     t = e.scope
-    o = e.org
-    best = _walk(t, o, e.lens, sender, now, True)
+    o = rs._org_mail if family == "mail" else rs._org_phone
+    lens = e.lens or o.lens
+    best = _walk(t, o, lens, sender, now, True)
     unauth = False
     if family == "mail":
         env = 0
         if envelope is not None and (
             envelope.value != sender.value or envelope.kind != sender.kind
         ):
-            env = _walk(t, o, e.lens, envelope, now, False)
+            env = _walk(t, o, lens, envelope, now, False)
             # Ties go to the From rule: the envelope must be strictly stronger.
             if env and (not best or env & _KEY_MASK > best & _KEY_MASK):
                 best = env
@@ -712,7 +713,7 @@ def decide(
             # The winner is an allow rule, necessarily matched through the From sender:
             # decide again without the From sender's allow rules.
             unauth = True
-            best = _walk(t, o, e.lens, sender, now, False)
+            best = _walk(t, o, lens, sender, now, False)
             if env and (not best or env & _KEY_MASK > best & _KEY_MASK):
                 best = env
 

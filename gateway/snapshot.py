@@ -33,9 +33,9 @@ A full reload (``snapshot_rules`` and ``compile_rules``, seconds for a million r
 happens at start-up, when the log cannot account for a version (it keeps the last
 ``CHANGE_LOG_KEEP``, or the store went back), when a write changed more scopes than the
 log lists, and when incremental is not cheaper: more than ``max_scopes`` scopes to read
-whole, or scopes holding more than half of the rules. (An org list change also rebuilds
-the per-recipient entries of its family; measured, that stays far below a full compile:
-docs/redis.md.) ``[store] incremental_reload = false`` makes every change a full reload.
+whole, or scopes to read whole holding more than half of the rules. (Costs: the
+``gateway.rules`` docstring; end to end: docs/redis.md.) ``[store] incremental_reload =
+false`` makes every change a full reload.
 
 Cold start (SPEC §5): when the store cannot be reached at start-up there is no snapshot,
 and webhooks are answered 503 so that providers retry, unless ``[store] cold_start =
@@ -108,9 +108,9 @@ class SnapshotHolder:
         """Make the snapshot current now (coalescing concurrent callers) and return it.
 
         Without a snapshot, or with ``incremental_reload`` off, this is a full load when
-        the store's version moved. Otherwise the store's change log says which scopes
-        changed and only those are read. ``scopes`` (optional) names scopes the caller
-        has just written, which are read again in any case."""
+        the store's version moved. Otherwise the store's change log says what changed
+        and only that is read. ``scopes`` (optional) names scopes the caller has just
+        written, which are read whole in any case."""
         hint = frozenset(scopes or ())
         async with self._lock:
             if self._needs_full_load():
@@ -317,9 +317,9 @@ class SnapshotHolder:
         return ruleset
 
     async def _ask_log(self, since: int) -> int | None:
-        """Learn from the store's change log which scopes each version after ``since``
-        changed, and return the store's version; None when the log cannot say (a full
-        reload is needed)."""
+        """Learn from the store's change log what each version after ``since`` changed,
+        and return the store's version; None when the log cannot say (a full reload is
+        needed)."""
         answer = await self._store.changed_scopes(since)
         if answer is None:
             return None

@@ -867,6 +867,8 @@ def test_replace_scopes_recompiles_only_the_given_scopes() -> None:
     )
     assert newer.rule_count == 4
     assert newer._scopes[MB] is new._scopes[MB]
+    # Entries do not point at the org list: they are shared too.
+    assert newer._entries[NUM] is new._entries[NUM]
     for recipient in (NUM, NWL, UNKNOWN_NUM):
         assert decide(newer, phone("+19005550000"), recipient, "phone", now=NOW).rule is None
         assert decide(newer, ANON, recipient, "phone", now=NOW).verdict == "mute"

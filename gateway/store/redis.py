@@ -9,7 +9,9 @@ Key layout, every name under ``key_prefix`` (default ``sendergate:``; shown as `
 
 =============================  ============================================================
 ``P version``                  integer, INCR on every target or rule write
-``P invalidate``               pub/sub channel: ``{"version": N, "scopes": [...]}``
+``P invalidate``               pub/sub channel: ``{"version": N, "scopes": [...],
+                               "rules": {scope: [rule ids]}}`` (``rules`` for rule writes
+                               only, a scope without its list: changed whole)
 ``P changes``                  zset, score N, member the same JSON (``"scopes": null`` when
                                more than ``CHANGE_LOG_MAX_SCOPES``): the change log of the
                                last ``CHANGE_LOG_KEEP`` versions (``changed_scopes``)
