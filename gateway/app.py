@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -44,6 +45,12 @@ from gateway.store import PushesInvalidations, Store, open_store
 from gateway.store.base import NewAudit
 
 log = logging.getLogger("sendergate")
+
+# How often each process counts the events held in quarantine for the
+# sendergate_quarantine_events gauge: an index count (SQLite) or a ZCARD (Redis) in a
+# background task, never on the request path. A scrape every 15-60 s sees a count at most
+# this old.
+QUARANTINE_COUNT_INTERVAL_S: Final = 5.0
 
 
 async def apply_config(store: Store, settings: Settings) -> None:
@@ -201,6 +208,30 @@ async def _purge_events(store: Store, days: int, clock: Callable[[], float]) -> 
         await asyncio.sleep(3600)
 
 
+async def _count_quarantine(store: Store, metrics: Metrics, interval_s: float) -> None:
+    """Set ``sendergate_quarantine_events`` to the number of quarantined events, now and
+    then every ``interval_s``. While the store cannot answer, the gauge keeps its last
+    value and the failure is logged once (not once per interval), its end once too."""
+    failing = False
+    while True:
+        try:
+            count = await store.count_events("quarantined")
+        except Exception as exc:  # an outage, or a bug: neither may end the task
+            if not failing:
+                failing = True
+                log.warning(
+                    "counting quarantined events failed; the gauge keeps its last value: %s",
+                    exc,
+                    exc_info=not isinstance(exc, GatewayError),  # a traceback for a bug
+                )
+        else:
+            metrics.quarantine_events.set(count)
+            if failing:
+                failing = False
+                log.info("counting quarantined events works again")
+        await asyncio.sleep(interval_s)
+
+
 async def _review_schedule(state: AppState, interval_s: float) -> None:
     """``[review] interval``: apply the review every ``interval_s`` (the first run one
     interval after start-up, so that restarts do not run it back to back). Every replica
@@ -271,9 +302,11 @@ def create_app(
     *,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
+    quarantine_count_interval_s: float = QUARANTINE_COUNT_INTERVAL_S,
 ) -> Starlette:
     """Build the gateway for ``settings``. ``store`` and ``clock`` may be injected (tests);
-    by default the store comes from ``[store] url``."""
+    by default the store comes from ``[store] url``. ``quarantine_count_interval_s``: how
+    often the quarantine gauge is recounted (shorter in tests)."""
     the_store = (
         store
         if store is not None
@@ -366,6 +399,11 @@ def create_app(
             tasks.append(asyncio.create_task(contact_tracker.run(the_store, interval_s=0.25)))
             # serve --workers N: keeps this worker's gauges current (a no-op otherwise)
             tasks.append(asyncio.create_task(metrics.run()))
+            tasks.append(
+                asyncio.create_task(
+                    _count_quarantine(the_store, metrics, quarantine_count_interval_s)
+                )
+            )
             if settings.review.interval_s is not None:
                 tasks.append(
                     asyncio.create_task(_review_schedule(state, settings.review.interval_s))

@@ -5,10 +5,12 @@ multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh directory the CLI makes
 the workers start and removes at exit) writes every worker's values to files, and a scrape
 of any worker aggregates them all: counters and histograms are summed over the workers
 (a worker that died and was replaced keeps its counts), per-process gauges are combined
-over the live workers (snapshot age and rules: the largest; buffered items: the sum).
+over the live workers (snapshot age and rules: the largest; buffered items: the sum;
+the quarantine size, a store-wide figure every worker reads: the most recent reading).
 Because a scrape is answered by one worker, each worker refreshes its own gauges every
 second (``run``) rather than only when it happens to be scraped, and the live gauges of
-workers that are gone are removed before each scrape.
+workers that are gone are removed before each scrape. The quarantine size comes from the
+store, so it is set by its own periodic task in the app's lifespan, not by a scrape hook.
 
 Children of labelled metrics are cached per label tuple: ``labels()`` costs a lock and a
 dict lookup, and the hot path should pay it once per distinct label set, not per event.
@@ -153,6 +155,17 @@ class Metrics:
         )
         self.quarantined = Counter(
             "sendergate_quarantined", "Events written to quarantine", ["source"], registry=r
+        )
+        # Every worker counts the same store, so summing would multiply the figure by the
+        # workers; of their readings the most recent is the freshest (after a release,
+        # "max" would show a worker's stale count until its next read). "live": the file
+        # of a worker that is gone is removed, like the other live gauges.
+        self.quarantine_events = Gauge(
+            "sendergate_quarantine_events",
+            "Events held in quarantine in the store (outcome quarantined), counted every"
+            " few seconds",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._scrape_hooks: list[Callable[[], None]] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +45,12 @@ class ApiWorld:
 
 
 @contextmanager
-def api_world(tmp: Path, **changes: Any) -> Iterator[ApiWorld]:
+def api_world(
+    tmp: Path, *, app_options: Mapping[str, Any] | None = None, **changes: Any
+) -> Iterator[ApiWorld]:
     """The gateway (settings from ``make_settings``; ``changes`` override them) with
-    number ``HOME_NUMBER`` declared and an org-wide phone block on ``BLOCKED_PREFIX``."""
+    number ``HOME_NUMBER`` declared and an org-wide phone block on ``BLOCKED_PREFIX``.
+    ``app_options`` are more keyword arguments of ``create_app``."""
     app = RecordingApp()
     with ExitStack() as stack:
         downstream = stack.enter_context(UvicornThread(app))
@@ -65,5 +68,6 @@ def api_world(tmp: Path, **changes: Any) -> Iterator[ApiWorld]:
         changes.setdefault("sources", {"generic": source})
         changes.setdefault("numbers", (NumberDecl(HOME_NUMBER),))
         changes.setdefault("org_phone_rules", (RuleDecl("block", "number_prefix", BLOCKED_PREFIX),))
-        gateway = stack.enter_context(UvicornThread(create_app(make_settings(tmp, **changes))))
+        app_under_test = create_app(make_settings(tmp, **changes), **(app_options or {}))
+        gateway = stack.enter_context(UvicornThread(app_under_test))
         yield ApiWorld(gateway, downstream, app)

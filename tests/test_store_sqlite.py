@@ -10,13 +10,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, NewRule, Rule
-from gateway.store.base import RuleFilter
+from gateway.store.base import EventRecord, RuleFilter
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,33 @@ asyncio.run(main())
 
 def _rule(match_target: str) -> NewRule:
     return NewRule(scope=ORG_MAIL, action="block", match_type="domain", match_target=match_target)
+
+
+def _event(event_id: str, outcome: str) -> EventRecord:
+    return EventRecord(
+        id=event_id,
+        source="generic",
+        provider="generic",
+        channel="sms",
+        provider_event_id=event_id,
+        sender="+14155550111",
+        envelope_sender=None,
+        recipient="+14155550100",
+        verdict="drop" if outcome == "quarantined" else "deliver",
+        rule=None,
+        reason="mode_default",
+        mode="blacklist",
+        would_drop=False,
+        unauthenticated_allow=False,
+        outcome=outcome,
+        received_at=datetime(2025, 3, 4, tzinfo=UTC),
+        method="POST",
+        path="/hooks/generic",
+        query="",
+        content_type="application/json",
+        headers=(),
+        body=b"{}",
+    )
 
 
 @pytest.fixture
@@ -228,6 +256,7 @@ async def test_a_file_from_before_the_change_log_is_migrated(db_path: str) -> No
     await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
         conn.execute("DROP TABLE changes")
+        conn.execute("DROP INDEX events_outcome")  # schema 4
         conn.execute("PRAGMA user_version = 2")
     store = SQLiteStore(db_path)
     await store.open()
@@ -240,6 +269,32 @@ async def test_a_file_from_before_the_change_log_is_migrated(db_path: str) -> No
         assert await store.changed_scopes(1) is None
     finally:
         await store.close()
+
+
+async def test_a_schema_3_file_gets_the_outcome_index_for_counting(db_path: str) -> None:
+    """A schema-3 file (no events_outcome index) is migrated with its events kept, and
+    count_events then counts the quarantine from that index alone, not by a scan."""
+    store = SQLiteStore(db_path)
+    await store.open()
+    await store.put_events(
+        [_event("q1", "quarantined"), _event("q2", "quarantined"), _event("f1", "forwarded")]
+    )
+    await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("DROP INDEX events_outcome")
+        conn.execute("PRAGMA user_version = 3")
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        assert _schema(db_path)[0] == SCHEMA_VERSION
+        assert await store.count_events("quarantined") == 2
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM events WHERE outcome = ?", ("quarantined",)
+        ).fetchall()
+    assert "COVERING INDEX events_outcome" in " ".join(str(row[-1]) for row in plan)
 
 
 async def test_change_log_keeps_the_last_versions(

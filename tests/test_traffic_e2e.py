@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiWorld]:
         numbers=numbers,
         org_phone_rules=(RuleDecl("block", "number_prefix", "+1900"),),
         store=app_store_settings(backend, request, tmp_path),
+        # the quarantine gauge recounts this often (5 s in production)
+        app_options={"quarantine_count_interval_s": 0.05},
     ) as w:
         yield w
 
@@ -127,6 +130,13 @@ def test_rate_limit_drops_the_excess_from_one_sender(world: ApiWorld) -> None:
     assert len(wait_for(limited)) == 1
 
 
+def gauge(world: ApiWorld, name: str) -> float | None:
+    """The value of an unlabelled gauge in a scrape of /metrics, None if it is absent."""
+    text = httpx.get(f"{world.url}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found[1])
+
+
 def test_metrics_count_traffic(world: ApiWorld) -> None:
     """/metrics exposes events by source, channel and verdict, forward latency, decision
     latency, quarantine and snapshot gauges after real traffic."""
@@ -150,6 +160,24 @@ def test_metrics_count_traffic(world: ApiWorld) -> None:
     assert bad.status_code == 401
     text = httpx.get(f"{world.url}/metrics", timeout=10).text
     assert 'sendergate_refused_total{source="generic",status="401"} 1.0' in text
+
+
+@ON_BOTH_STORES
+def test_quarantine_gauge_follows_drops_and_release(world: ApiWorld) -> None:
+    """sendergate_quarantine_events is the number of events held in quarantine in the
+    store: it counts the drops (and not the deliveries), and a released event leaves it."""
+    world.send_sms("+14155550177")
+    for sender in ("+19005550003", "+19005550004", "+19005550005"):
+        assert world.send_sms(sender).status_code == 200
+    quarantined = get(world, "/v1/events", outcome="quarantined")["items"]
+    assert len(quarantined) == 3
+    assert wait_for(lambda: gauge(world, "sendergate_quarantine_events") == 3.0)
+
+    released = httpx.post(
+        f"{world.url}/v1/events/{quarantined[0]['id']}/release", headers=ADMIN, timeout=10
+    )
+    assert released.status_code == 200, released.text
+    assert wait_for(lambda: gauge(world, "sendergate_quarantine_events") == 2.0)
 
 
 def test_one_json_log_line_per_event(world: ApiWorld) -> None:

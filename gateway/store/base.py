@@ -337,6 +337,12 @@ class Store(Protocol):
     async def purge_events(self, before: datetime) -> int:
         """Delete events received before ``before``; return how many."""
 
+    async def count_events(self, outcome: str) -> int:
+        """How many stored events have this ``outcome`` now (``quarantined``: the events
+        held in quarantine). A replaced event counts under its new outcome only (a
+        release moves it to ``released``) and a purged one not at all. Cheap: an index
+        count, not a scan of the events (it feeds a gauge refreshed every few seconds)."""
+
     # --- contacts --------------------------------------------------------------------
     async def add_contacts(self, deltas: Sequence[ContactDelta]) -> None:
         """Upsert contacts in one transaction: add the counts, keep the earliest

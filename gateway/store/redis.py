@@ -1425,6 +1425,13 @@ class RedisStore:
             if n < _PURGE_BATCH:
                 return removed
 
+    async def count_events(self, outcome: str) -> int:
+        # O(1): the outcome index holds exactly the stored events with that outcome, since
+        # put_events moves a replaced event between indexes and purge_events unindexes it,
+        # each in one script.
+        async with self._guard() as r:
+            return int(await r.zcard(self._key(f"ev:o:{outcome}")))
+
     # --- contacts ------------------------------------------------------------------------
 
     async def add_contacts(self, deltas: Sequence[ContactDelta]) -> None:

@@ -843,6 +843,41 @@ async def test_purge_events_deletes_before_the_cutoff(store: Store) -> None:
     assert await store.purge_events(T0) == 0
 
 
+async def test_count_events_counts_one_outcome_through_release_and_purge(
+    store: Store,
+) -> None:
+    """count_events counts the stored events of one outcome: an event released (put
+    again with outcome released) leaves the quarantined count, a purged one leaves every
+    count, and an outcome nobody has is 0."""
+    assert await store.count_events("quarantined") == 0
+    await store.put_events(
+        [
+            _event("q1", T0, verdict="drop", outcome="quarantined"),
+            _event("q2", T0 + timedelta(days=1), verdict="drop", outcome="quarantined"),
+            _event("q3", T0 + timedelta(days=3), verdict="drop", outcome="quarantined"),
+            _event("f1", T0, outcome="forwarded"),
+            _event("f2", T0 + timedelta(days=3), outcome="forwarded"),
+            _event("x1", T0 + timedelta(days=3), outcome="forward_failed"),
+        ]
+    )
+    assert await store.count_events("quarantined") == 3
+    assert await store.count_events("forwarded") == 2
+    assert await store.count_events("forward_failed") == 1
+    assert await store.count_events("released") == 0
+
+    q2 = await store.get_event("q2")
+    assert q2 is not None
+    await store.put_events([dataclasses.replace(q2, outcome="released")])
+    assert await store.count_events("quarantined") == 2
+    assert await store.count_events("released") == 1
+
+    assert await store.purge_events(T0 + timedelta(days=2)) == 3  # q1, f1, the released q2
+    assert await store.count_events("quarantined") == 1
+    assert await store.count_events("forwarded") == 1
+    assert await store.count_events("released") == 0
+    assert await store.count_events("no such outcome") == 0
+
+
 async def test_datetimes_round_trip_as_aware_utc(store: Store) -> None:
     """Times written in any offset come back as the same instant in UTC, to the
     microsecond."""

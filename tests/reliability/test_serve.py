@@ -3,7 +3,8 @@ workers, and a graceful stop on SIGTERM.
 
 * ``--workers 2``: signed webhooks are spread over both workers (each worker's own
   counts are read from its file in the metrics directory), and every scrape, whichever
-  worker answers it, shows the total of both. At exit the directory is removed.
+  worker answers it, shows the total of both, and the quarantine size once (not once per
+  worker). At exit the directory is removed.
 * SIGTERM while a webhook waits on a slow application: new connections are refused at
   once, the webhook still gets the application's answer, the event is in the store
   when the process has exited, and the log's last lines are there.
@@ -191,6 +192,14 @@ def test_metrics_of_two_workers_add_up_in_every_scrape(
         assert sum(busy.values()) == len(sent)
 
         allowed = sum(e.allowed for e in sent)
+        # Each worker recounts the quarantine in the store every 5 s; the scrape shows the
+        # freshest count, not the sum of the workers' counts.
+        held = len(sent) - allowed
+        wait_for(
+            lambda: _scrape(serve.url).get("sendergate_quarantine_events{}") == held,
+            "the quarantine gauge counts the drops",
+            15,
+        )
         for _ in range(8):  # whichever worker answers, the totals are both workers'
             scrape = _scrape(serve.url)
             assert _total(scrape, "sendergate_events_total") == len(sent)
@@ -199,6 +208,7 @@ def test_metrics_of_two_workers_add_up_in_every_scrape(
             assert scrape["sendergate_snapshot_rules{}"] == 2  # the two org block rules
             assert "sendergate_snapshot_age_seconds{}" in scrape
             assert scrape["sendergate_buffered_items{}"] >= 0
+            assert scrape["sendergate_quarantine_events{}"] == held
         delivered = {r.header("x-sendergate-event-id") for r in twilio_app.requests}
         assert delivered == {e.eid for e in sent if e.allowed}
     finally:
