@@ -1,9 +1,9 @@
 """Structured logging: one JSON object per line, written off the event loop.
 
-``setup_logging()`` puts a queue handler on the root logger and a listener thread that
-formats and writes, so a slow stderr (a pipe to a log shipper) never stalls the event
-loop: the loop only appends the record to an in-memory queue. uvicorn's own loggers
-(``uvicorn.error``, ``uvicorn.access``) go through the same queue. ``stop()`` on the
+``setup_logging()`` puts a handler on the root logger that appends each record to an
+in-memory buffer, and a writer thread formats and writes them in batches, so a slow
+stderr (a pipe to a log shipper) never stalls the event loop. uvicorn's own loggers
+(``uvicorn.error``, ``uvicorn.access``) go through the same buffer. ``stop()`` on the
 listener it returns writes what is queued and switches to writing directly (so the last
 lines of a shutdown are not lost); calling it twice is harmless.
 
@@ -20,10 +20,10 @@ fields or ``msg`` (plus ``exc`` with a traceback); access lines have ``client``,
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
-import logging.handlers
-import queue
 import re
 import sys
 import threading
@@ -78,58 +78,175 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Hands the record over as it is: formatting (and ``getMessage``) happens on the
-    writer thread, not on the event loop."""
+class _Enqueue(logging.Handler):
+    """Appends the record as it is to the writer's buffer: formatting (and
+    ``getMessage``) happens on the writer thread, not on the event loop."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, writer: JsonLogListener) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._writer.put(record)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no per-record handler lock
+        self.emit(record)
+        return True
 
 
-class JsonLogListener(logging.handlers.QueueListener):
-    """The writer thread. ``stop()`` writes what is queued, then replaces the root
-    logger's queue handler with the writer itself, so that records logged after it (the
-    last lines of a shutdown) are written at once instead of waiting in a queue that no
-    thread reads. Idempotent."""
+class JsonLogListener:
+    """The writer thread: takes what the event loop appended, formats it, and writes it
+    in one ``write`` per batch.
+
+    Why not ``logging.handlers.QueueListener``: it wakes its thread for every record, and
+    on a loaded 2-core host that wake-up (a GIL hand-over and a context switch per line)
+    cost as much as the rest of a dropped event (docs/performance.md). Here the event loop
+    only appends to a ``deque`` (atomic under the GIL) and sets an ``Event`` when the
+    writer is waiting for work; after a write the writer sleeps ``batch_s`` so that what
+    arrives meanwhile goes out in the next batch. A line waits at most about ``batch_s``.
+
+    Should the stream stall (a blocked pipe), at most ``max_pending`` lines wait; beyond
+    that new ones are counted and dropped, and a line says how many, rather than the
+    process growing without bound.
+
+    ``stop()`` writes what is queued, then replaces the root logger's queue handler with
+    a direct writer, so that records logged after it (the last lines of a shutdown) are
+    written at once instead of waiting in a buffer that no thread reads. Idempotent."""
 
     def __init__(
-        self, records: queue.SimpleQueue[Any], writer: logging.Handler, enqueue: _Enqueue
+        self,
+        stream: TextIO,
+        *,
+        batch_s: float = 0.02,
+        max_pending: int = 100_000,
     ) -> None:
-        super().__init__(records, writer, respect_handler_level=False)
-        self._writer = writer
-        self._enqueue = enqueue
-        self._lock = threading.Lock()
+        self._stream = stream
+        self._formatter = JsonFormatter()
+        self._batch_s = batch_s
+        self._max_pending = max_pending
+        self._pending: collections.deque[logging.LogRecord | _EventLine] = collections.deque()
+        self._work = threading.Event()
+        self._lock = threading.Lock()  # stop() against stop()
+        self._write_lock = threading.Lock()  # the thread's last batch against stop()'s
         self._stopped = False
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
+        self.enqueue = _Enqueue(self)
+        self.direct = logging.StreamHandler(stream)
+        self.direct.setFormatter(self._formatter)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sendergate-log", daemon=True)
+        self._thread.start()
+
+    def put(self, item: logging.LogRecord | _EventLine) -> None:
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            self._dropped += 1
+            return
+        pending.append(item)
+        if not self._work.is_set():
+            self._work.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._work.wait()
+            self._work.clear()
+            self._write_pending()
+            if not self._stopped:
+                time.sleep(self._batch_s)
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        lines: list[str] = []
+        while pending:
+            item = pending.popleft()
+            try:
+                if isinstance(item, _EventLine):
+                    lines.append(item.format())
+                else:
+                    lines.append(self._formatter.format(item))
+            except Exception as exc:  # a bad record must not stop the writer
+                lines.append(_internal_line(f"log record could not be formatted: {exc!r}"))
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            lines.append(_internal_line(f"{dropped} log lines dropped: the log stream stalled"))
+        if not lines:
+            return
+        lines.append("")
+        with self._write_lock:
+            try:
+                self._stream.write("\n".join(lines))
+                self._stream.flush()
+            except (OSError, ValueError):  # closed or broken stream: nothing to tell
+                pass
 
     def stop(self) -> None:
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
+            global _listener
+            if _listener is self:
+                _listener = None  # event_log goes through logging (the direct writer)
             root = logging.getLogger()
-            root.addHandler(self._writer)  # from now on, written directly
-            root.removeHandler(self._enqueue)
-            if self._thread is not None:
-                super().stop()  # writes what was queued before the swap
-            self._writer.flush()
+            root.addHandler(self.direct)  # from now on, written directly
+            root.removeHandler(self.enqueue)
+        self._work.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._write_pending()  # what arrived before the swap
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
+class _EventLine:
+    """An event's log line, kept as its fields until the writer thread formats it: no
+    ``LogRecord`` (caller lookup, thread and process names) on the event loop."""
+
+    __slots__ = ("created", "fields")
+
+    def __init__(self, created: float, fields: dict[str, Any]) -> None:
+        self.created = created
+        self.fields = fields
+
+    def format(self) -> str:
+        out: dict[str, Any] = {"ts": _timestamp(self.created), "level": "info"}
+        out["logger"] = EVENT_LOGGER
+        out.update(self.fields)
+        return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + (
+        f".{int(created % 1 * 1000):03d}Z"
+    )
+
+
+def _internal_line(msg: str) -> str:
+    return json.dumps(
+        {"ts": _timestamp(time.time()), "level": "warning", "logger": __name__, "msg": msg},
+        separators=(",", ":"),
+    )
+
+
+#: The running writer, for ``event_log``'s fast path (None: go through ``logging``).
+_listener: JsonLogListener | None = None
 
 
 def setup_logging(
     level: str = "INFO", stream: TextIO | None = None, *, access_log: bool = False
 ) -> JsonLogListener:
-    """Route every log record through a queue to a JSON writer thread, uvicorn's loggers
-    included (run uvicorn with ``log_config=None`` so that it adds no handlers of its
-    own); ``access_log`` lets ``uvicorn.access`` lines through. Returns the listener:
-    call ``stop()`` at exit to write what is queued."""
-    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    writer = logging.StreamHandler(stream or sys.stderr)
-    writer.setFormatter(JsonFormatter())
-    enqueue = _Enqueue(records)
-    listener = JsonLogListener(records, writer, enqueue)
+    """Route every log record to a JSON writer thread, uvicorn's loggers included (run
+    uvicorn with ``log_config=None`` so that it adds no handlers of its own);
+    ``access_log`` lets ``uvicorn.access`` lines through. Returns the writer: call
+    ``stop()`` at exit to write what is queued."""
+    global _listener
+    listener = JsonLogListener(stream or sys.stderr)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(enqueue)
+    root.addHandler(listener.enqueue)
     root.setLevel(level.upper())
     for name in _UVICORN_LOGGERS:
         lg = logging.getLogger(name)
@@ -141,11 +258,21 @@ def setup_logging(
     # (its own or, propagating, the root's): without access_log it must have none.
     access.propagate = access_log
     listener.start()
+    _listener = listener
     return listener
 
 
+_event_logger = logging.getLogger(EVENT_LOGGER)
+
+
 def event_log(fields: dict[str, Any]) -> None:
-    """The one structured line for a decided webhook event."""
-    logger = logging.getLogger(EVENT_LOGGER)
-    if logger.isEnabledFor(logging.INFO):
-        logger.info("event", extra={"fields": fields})
+    """The one structured line for a decided webhook event. With ``setup_logging``'s
+    writer running (``sendergate serve``), the fields go straight to it; otherwise (tests,
+    embedding) through the ``sendergate.event`` logger and whatever handlers it has."""
+    if not _event_logger.isEnabledFor(logging.INFO):
+        return
+    listener = _listener
+    if listener is not None and not _event_logger.handlers:
+        listener.put(_EventLine(time.time(), fields))
+    else:
+        _event_logger.info("event", extra={"fields": fields})

@@ -7,11 +7,12 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import JsonFormatter, event_log, redact, setup_logging
+from gateway.logs import JsonFormatter, JsonLogListener, event_log, redact, setup_logging
 
 pytestmark = pytest.mark.reliability
 
@@ -111,3 +112,44 @@ def test_access_log_on_lets_uvicorn_access_through(root_logging: None) -> None:
         assert logging.getLogger("uvicorn.access").hasHandlers()
     finally:
         listener.stop()
+
+
+def test_event_lines_are_written_while_running_without_a_stop(root_logging: None) -> None:
+    """The writer batches, but a line does not wait for shutdown to appear."""
+    out = io.StringIO()
+    listener = setup_logging("INFO", out, access_log=False)
+    try:
+        event_log({"event": "evt_live", "verdict": "drop", "rule": 7})
+        deadline = time.monotonic() + 10
+        while "evt_live" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        line = json.loads(out.getvalue().splitlines()[0])
+    finally:
+        listener.stop()
+    assert line["event"] == "evt_live" and line["rule"] == 7
+    assert line["logger"] == "sendergate.event" and line["level"] == "info"
+    assert line["ts"].endswith("Z")
+
+
+def test_a_stalled_stream_drops_lines_beyond_the_bound_and_says_so() -> None:
+    out = io.StringIO()
+    listener = JsonLogListener(out, max_pending=3)  # thread not started: nothing drains
+    for i in range(5):
+        event_log_record = _record("sendergate.serve", "line %d", (i,))
+        listener.put(event_log_record)
+    listener.stop()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["msg"] for x in lines[:3]] == ["line 0", "line 1", "line 2"]
+    assert lines[3]["level"] == "warning" and "2 log lines dropped" in lines[3]["msg"]
+
+
+class _Broken(io.StringIO):
+    def write(self, s: str) -> int:
+        raise OSError("broken pipe")
+
+
+def test_a_broken_stream_does_not_stop_the_writer(root_logging: None) -> None:
+    listener = setup_logging("INFO", _Broken(), access_log=False)
+    event_log({"event": "evt_lost"})
+    logging.getLogger("sendergate.serve").info("still alive")
+    listener.stop()  # returns: the writer swallowed the stream's errors
