@@ -235,8 +235,6 @@ async def test_redis_answers_like_the_sqlite_store(
                     if cursor is None:
                         break
                 assert cursor is None
-        for source, pid, rcpt in (("tw", "SM1", "+14155550100"), ("mg", "SM3", "+14155550102")):
-            await both("find_event", source, pid, rcpt)
         assert await both("purge_events", base + timedelta(seconds=10)) > 0
         await both("list_events", EventFilter(), cursor=None, limit=500)
 

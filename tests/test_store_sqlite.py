@@ -271,7 +271,9 @@ async def test_a_file_from_before_the_change_log_is_migrated(db_path: str) -> No
         await store.close()
 
 
-async def test_a_schema_3_file_gets_the_outcome_index_for_counting(db_path: str) -> None:
+async def test_a_schema_3_file_gets_the_outcome_index_and_loses_the_dedupe_one(
+    db_path: str,
+) -> None:
     """A schema-3 file (no events_outcome index) is migrated with its events kept, and
     count_events then counts the quarantine from that index alone, not by a scan."""
     store = SQLiteStore(db_path)
@@ -282,15 +284,24 @@ async def test_a_schema_3_file_gets_the_outcome_index_for_counting(db_path: str)
     await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
         conn.execute("DROP INDEX events_outcome")
+        conn.execute(  # as schema 3 had it (4 → 5 drops it again)
+            "CREATE INDEX events_dedupe ON events (source, provider_event_id, recipient,"
+            " received_at)"
+        )
         conn.execute("PRAGMA user_version = 3")
     store = SQLiteStore(db_path)
     await store.open()
     try:
         assert _schema(db_path)[0] == SCHEMA_VERSION
         assert await store.count_events("quarantined") == 2
+        assert await store.get_event("f1") is not None
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
+        indexes = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "events_dedupe" not in indexes and "events_outcome" in indexes
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT count(*) FROM events WHERE outcome = ?", ("quarantined",)
         ).fetchall()

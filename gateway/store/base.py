@@ -323,11 +323,6 @@ class Store(Protocol):
         """Insert or replace events by id (one transaction)."""
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
-    async def find_event(
-        self, source: str, provider_event_id: str, recipient: str
-    ) -> EventRecord | None:
-        """The newest event for this provider id and recipient (retry dedupe)."""
-
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int
     ) -> tuple[list[EventRecord], str | None]:

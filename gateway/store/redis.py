@@ -34,8 +34,8 @@ Key layout, every name under ``key_prefix`` (default ``sendergate:``; shown as `
 ``P ev:all``                   zset, all scores 0, member ``{received_at:020d}|{id}``:
                                lexicographic order is (received_at, id), as in SQLite
 ``P ev:v:{verdict}``,          the same members, per verdict, recipient, sender, outcome,
-``P ev:r:{recipient}``, ...    and (``P ev:d:{source} US {provider id} US {recipient}``)
-                               per provider event id for retry dedupe
+``P ev:r:{recipient}``, ...    (earlier versions also kept ``P ev:d:...`` per provider
+                               event id; the event's ``d`` field lets them be removed)
 ``P rl:{tgt}:{sender}:{w}``    integer: events from sender to target in rate-limit
                                window ``w`` (``gateway.ratelimit``), expiring by TTL
 =============================  ============================================================
@@ -605,11 +605,10 @@ def _event_args(e: EventRecord) -> list[str | bytes]:
         "response_content_type": e.response_content_type,
         "extra": dict(e.extra),
     }
-    dedupe = (
-        ""
-        if e.provider_event_id is None
-        else _US.join((e.source, e.provider_event_id, e.recipient))
-    )
+    # No per-provider-id index any more (retry dedupe reads the event by its id, a hash of
+    # source, provider id and recipient): the slot stays, empty, so that the script still
+    # unindexes the ``ev:d:`` entries that earlier versions wrote.
+    dedupe = ""
     return [
         e.id,
         _event_member(received_us, e.id),
@@ -1312,17 +1311,6 @@ class RedisStore:
                 if meta is not None
             )
         return out
-
-    async def find_event(
-        self, source: str, provider_event_id: str, recipient: str
-    ) -> EventRecord | None:
-        index = self._key("ev:d:" + _US.join((source, provider_event_id, recipient)))
-        async with self._guard() as r:
-            newest = await r.zrange(index, "+", "-", bylex=True, desc=True, offset=0, num=1)
-            if not newest:
-                return None
-            found = await self._load_events(r, [_s(cast(bytes, newest[0]))])
-        return found[0] if found else None
 
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int

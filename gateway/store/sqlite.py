@@ -143,6 +143,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # Listing is newest first by (received_at, id); each filter index ends with the
         # same pair so that a filtered page is an index range, not a sort.
         "CREATE INDEX events_received ON events (received_at, id)",
+        # (dropped by 4 → 5)
         """CREATE INDEX events_dedupe
             ON events (source, provider_event_id, recipient, received_at)""",
         "CREATE INDEX events_verdict ON events (verdict, received_at, id)",
@@ -207,6 +208,11 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # gauge (``count_events``) counts one range of it instead of scanning every event, and
     # a listing filtered by outcome pages through it instead of sorting.
     ("CREATE INDEX events_outcome ON events (outcome, received_at, id)",),
+    # 4 → 5: no index by (source, provider event id, recipient). Retry dedupe looks the
+    # event up by its id, which is a hash of those three (pipeline.event_id_for); this
+    # index was read by nothing and, its keys being random, cost a scattered page write
+    # per stored event (about a fifth of the insert, docs/performance.md).
+    ("DROP INDEX IF EXISTS events_dedupe",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SNAPSHOT_COLUMNS: Final = (
@@ -348,7 +354,7 @@ def _event_to_row(e: EventRecord) -> tuple[Any, ...]:
         e.query,
         e.content_type,
         # A list of pairs, not an object: header order and repeated names survive.
-        json.dumps([list(pair) for pair in e.headers]),
+        json.dumps(e.headers),  # tuples encode as arrays: the same text, no copies
         e.body,
         e.forward_url,
         e.forward_status,
@@ -895,18 +901,6 @@ def _get_event(conn: sqlite3.Connection, event_id: str) -> EventRecord | None:
     return None if row is None else _event_from_row(row)
 
 
-def _find_event(
-    conn: sqlite3.Connection, source: str, provider_event_id: str, recipient: str
-) -> EventRecord | None:
-    row = conn.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608
-        " WHERE source = ? AND provider_event_id = ? AND recipient = ?"
-        " ORDER BY received_at DESC, id DESC LIMIT 1",
-        (source, provider_event_id, recipient),
-    ).fetchone()
-    return None if row is None else _event_from_row(row)
-
-
 def _list_events(
     conn: sqlite3.Connection, flt: EventFilter, after: tuple[int, str] | None, limit: int
 ) -> tuple[list[EventRecord], str | None]:
@@ -1324,11 +1318,6 @@ class SQLiteStore:
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         return await self._run(_get_event, event_id)
-
-    async def find_event(
-        self, source: str, provider_event_id: str, recipient: str
-    ) -> EventRecord | None:
-        return await self._run(_find_event, source, provider_event_id, recipient)
 
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int

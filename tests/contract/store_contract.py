@@ -738,25 +738,6 @@ async def test_put_events_replaces_by_id(store: Store) -> None:
     assert [e.id for e in page] == ["e1"]
 
 
-async def test_find_event_returns_the_newest_for_provider_id_and_recipient(
-    store: Store,
-) -> None:
-    """find_event matches source, provider event id and recipient, newest first."""
-    await store.put_events(
-        [
-            _event("old", T0, provider_event_id="SM1"),
-            _event("new", T0 + timedelta(seconds=1), provider_event_id="SM1"),
-            _event(
-                "other-rcpt", T0 + timedelta(seconds=2), provider_event_id="SM1", recipient="+1"
-            ),
-            _event("other-src", T0 + timedelta(seconds=3), provider_event_id="SM1", source="s2"),
-        ]
-    )
-    found = await store.find_event("twilio-main", "SM1", NUMBER)
-    assert found is not None and found.id == "new"
-    assert await store.find_event("twilio-main", "SM2", NUMBER) is None
-
-
 _EVENTS = [
     _event("a", T0, verdict="drop", outcome="quarantined"),
     _event("b", T0 + timedelta(seconds=1), recipient="+14155550999", sender="+1800"),
