@@ -36,7 +36,7 @@ from gateway.recorder import Recorder
 from gateway.rules import RuleSet, decide
 from gateway.settings import Settings, SourceSettings
 from gateway.snapshot import SnapshotHolder
-from gateway.store.base import EventRecord, Store
+from gateway.store.base import EventRecord, Store, StoredAnswer
 
 log = logging.getLogger("sendergate.pipeline")
 
@@ -47,7 +47,6 @@ _PROVIDER_TIMEOUT_CAPS: dict[tuple[str, str | None], float] = {
     ("telnyx", "sms"): 1.5,
     ("twilio", None): 14.0,
 }
-DELIVERED = ("forwarded", "released")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +146,49 @@ class AnswerCache:
             self._items.popitem(last=False)
 
 
+class AnswerLookups:
+    """Retry-dedupe reads, batched. Every first delivery asks the store whether its event
+    was delivered before (by another replica, or before a restart); the lookups asked for
+    during one turn of the event loop go to the store together, as one
+    ``delivered_answers`` call (one hop to SQLite's thread, one Redis round trip), instead
+    of one call each: under load that turn holds the requests that arrived together. A
+    store error reaches every waiter of the batch."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: dict[str, list[asyncio.Future[StoredAnswer | None]]] = {}
+        self._reads: set[asyncio.Task[None]] = set()
+
+    async def get(self, event_id: str) -> StoredAnswer | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoredAnswer | None] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._read_batch, loop)
+        self._waiting.setdefault(event_id, []).append(future)
+        return await future
+
+    def _read_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, {}
+        task = loop.create_task(self._read(batch))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read(self, batch: dict[str, list[asyncio.Future[StoredAnswer | None]]]) -> None:
+        try:
+            found = await self._store.delivered_answers(list(batch))
+        except Exception as exc:  # handed to the waiters, who decide
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for event_id, futures in batch.items():
+            answer = found.get(event_id)
+            for future in futures:
+                if not future.done():  # its request may have been cancelled
+                    future.set_result(answer)
+
+
 def event_id_for(source: str, provider_event_id: str | None, recipient: str) -> str:
     """Stable across a provider's retries (so the app's Standard Webhooks ``webhook-id``
     dedupes them too); random when the provider gives no id."""
@@ -187,6 +229,7 @@ class Pipeline:
         self.certs = certs
         self.clock = clock
         self.answers = AnswerCache()
+        self.lookups = AnswerLookups(store)
         self.contacts = contacts if contacts is not None else ContactTracker()
         self.limiter: RateLimiter = limiter if limiter is not None else LocalRateLimiter()
         self.metrics = metrics if metrics is not None else Metrics()
@@ -475,14 +518,12 @@ class Pipeline:
         if cached is not None:
             return cached
         try:
-            found = await self.store.get_event(eid)
+            found = await self.lookups.get(eid)
         except GatewayError:
             return None  # store down: forwarding again is better than losing the event
-        if found is None or found.outcome not in DELIVERED or found.response_status is None:
+        if found is None:
             return None
-        reply = Reply(
-            found.response_status, found.response_content_type, found.response_body or b""
-        )
+        reply = Reply(found.status, found.content_type, found.body)
         self.answers.put(eid, reply)
         return reply
 

@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.pipeline import Pipeline
+from gateway.pipeline import AnswerCache, Pipeline
 from gateway.settings import ForwardSettings, MailboxDecl, NumberDecl, RuleDecl, ServerSettings
 from tests import providers_support as ps
 from tests.apptools import ADMIN, make_settings
@@ -382,6 +382,26 @@ def test_retry_of_delivered_event_is_answered_without_second_forward(world: Worl
     second = world.send(signed)
     assert first.status_code == second.status_code == 200
     assert second.content == first.content == TWIML
+    settle()
+    assert len(world.app.requests) == 1
+
+
+def test_retry_reaching_a_replica_without_the_answer_is_answered_from_the_store(
+    world: World,
+) -> None:
+    """The in-process answer cache is per replica and lost on restart: a retry that
+    reaches a process that never saw the event is answered from the store's record (the
+    batched retry-dedupe read), and the app still sees the event once."""
+    signed = _twilio_voice(world, ALLOWED)
+    assert world.send(signed).content == TWIML
+    eid = world.app.requests[0].header("x-sendergate-event-id")
+    deadline = time.monotonic() + 10  # the record is written in the background
+    while world.admin("GET", f"/v1/events/{eid}").status_code != 200:
+        assert time.monotonic() < deadline, "the delivered event was never recorded"
+        time.sleep(0.02)
+    world.pipeline.answers = AnswerCache()  # as another replica, or after a restart
+    retried = [world.send(signed) for _ in range(3)]
+    assert [(r.status_code, r.content) for r in retried] == [(200, TWIML)] * 3
     settle()
     assert len(world.app.requests) == 1
 

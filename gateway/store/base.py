@@ -113,6 +113,21 @@ class EventRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)  # provider details (auth results...)
 
 
+#: Outcomes of an event whose application answer was delivered (a retry is answered from
+#: the record instead of being forwarded again).
+DELIVERED_OUTCOMES: tuple[str, ...] = ("forwarded", "released")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The application's answer to a delivered event, as ``delivered_answers`` reads it:
+    only the columns a provider's retry is answered from, not the whole record."""
+
+    status: int
+    content_type: str | None
+    body: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     verdict: Verdict | None = None
@@ -323,6 +338,12 @@ class Store(Protocol):
         """Insert or replace events by id (one transaction)."""
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
+    async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:
+        """The stored answers of those of ``event_ids`` that were delivered (outcome in
+        ``DELIVERED_OUTCOMES`` with a response status); the others are left out. One
+        round trip for many ids: the relay path asks this for every first delivery."""
+        ...
+
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int
     ) -> tuple[list[EventRecord], str | None]:

@@ -86,6 +86,7 @@ from gateway.store.base import (
     CHANGE_LOG_KEEP,
     CHANGE_LOG_MAX_RULES,
     CHANGE_LOG_MAX_SCOPES,
+    DELIVERED_OUTCOMES,
     STATE_OF_ACTION,
     AuditEntry,
     Change,
@@ -100,6 +101,7 @@ from gateway.store.base import (
     RuleFilter,
     RuleState,
     SnapshotRule,
+    StoredAnswer,
     exact_match_type,
 )
 
@@ -1295,6 +1297,24 @@ class RedisStore:
         if meta is None:
             return None
         return _event_from_fields(event_id, meta, body or b"", rbody)
+
+    async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:
+        if not event_ids:
+            return {}
+        async with self._guard() as r, r.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hmget(self._key(f"event:{event_id}"), ["o", "m", "rb"])
+            rows = await pipe.execute()
+        out: dict[str, StoredAnswer] = {}
+        for event_id, (outcome, meta, rbody) in zip(event_ids, rows, strict=True):
+            if meta is None or _s(outcome or b"") not in DELIVERED_OUTCOMES:
+                continue
+            m = json.loads(meta)
+            if m["response_status"] is not None:
+                out[event_id] = StoredAnswer(
+                    m["response_status"], m["response_content_type"], rbody or b""
+                )
+        return out
 
     async def _load_events(self, r: Redis, members: Sequence[str]) -> list[EventRecord]:
         ids = [m.partition("|")[2] for m in members]

@@ -41,6 +41,7 @@ from gateway.store.base import (
     CHANGE_LOG_KEEP,
     CHANGE_LOG_MAX_RULES,
     CHANGE_LOG_MAX_SCOPES,
+    DELIVERED_OUTCOMES,
     AuditEntry,
     Change,
     Contact,
@@ -53,6 +54,7 @@ from gateway.store.base import (
     RuleFilter,
     RuleState,
     SnapshotRule,
+    StoredAnswer,
     exact_match_type,
 )
 
@@ -901,6 +903,24 @@ def _get_event(conn: sqlite3.Connection, event_id: str) -> EventRecord | None:
     return None if row is None else _event_from_row(row)
 
 
+def _delivered_answers(
+    conn: sqlite3.Connection, event_ids: Sequence[str]
+) -> dict[str, StoredAnswer]:
+    out: dict[str, StoredAnswer] = {}
+    for start in range(0, len(event_ids), _IN_CHUNK):
+        chunk = event_ids[start : start + _IN_CHUNK]
+        rows = conn.execute(
+            "SELECT id, response_status, response_content_type, response_body FROM events"  # noqa: S608
+            f" WHERE id IN ({_placeholders(len(chunk))})"
+            f" AND outcome IN ({_placeholders(len(DELIVERED_OUTCOMES))})"
+            " AND response_status IS NOT NULL",
+            (*chunk, *DELIVERED_OUTCOMES),
+        )
+        for event_id, status, content_type, body in rows:
+            out[event_id] = StoredAnswer(status, content_type, body or b"")
+    return out
+
+
 def _list_events(
     conn: sqlite3.Connection, flt: EventFilter, after: tuple[int, str] | None, limit: int
 ) -> tuple[list[EventRecord], str | None]:
@@ -1318,6 +1338,11 @@ class SQLiteStore:
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         return await self._run(_get_event, event_id)
+
+    async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:
+        if not event_ids:
+            return {}
+        return await self._run(_delivered_answers, list(event_ids))
 
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int

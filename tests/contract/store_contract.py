@@ -38,6 +38,7 @@ from gateway.store.base import (
     NewAudit,
     RuleFilter,
     Store,
+    StoredAnswer,
 )
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -822,6 +823,33 @@ async def test_purge_events_deletes_before_the_cutoff(store: Store) -> None:
     page, _ = await store.list_events(EventFilter(), cursor=None, limit=10)
     assert [e.id for e in page] == ["e4", "e3", "e2"]
     assert await store.purge_events(T0) == 0
+
+
+async def test_delivered_answers_reads_only_delivered_events_in_one_call(store: Store) -> None:
+    """What a provider's retry is answered from: forwarded and released events with an
+    answer; not quarantined, failed or unknown ones; bodies byte for byte."""
+    answer = b'<?xml version="1.0"?><Response><Say>hi \xc3\xa9</Say></Response>\x00'
+    await store.put_events(
+        [
+            _event(
+                "fw", response_status=200, response_content_type="text/xml", response_body=answer
+            ),
+            _event("rel", outcome="released", response_status=204, response_body=None),
+            _event("q", outcome="quarantined", verdict="drop"),
+            _event("fail", outcome="forward_failed", forward_status=500),
+            _event("fw-no-answer"),  # forwarded by an older version without its answer
+        ]
+    )
+    ids = ["fw", "rel", "q", "fail", "fw-no-answer", "unknown", "fw"]
+    found = await store.delivered_answers(ids)
+    assert found == {
+        "fw": StoredAnswer(200, "text/xml", answer),
+        "rel": StoredAnswer(204, None, b""),
+    }
+    assert await store.delivered_answers([]) == {}
+    many = [f"e{i}" for i in range(1200)]  # beyond one IN (...) list
+    await store.put_events([_event(i, response_status=200, response_body=b"ok") for i in many])
+    assert len(await store.delivered_answers(many)) == 1200
 
 
 async def test_count_events_counts_one_outcome_through_release_and_purge(

@@ -1,0 +1,107 @@
+"""Retry-dedupe reads are batched: lookups asked for in one turn of the event loop reach
+the store as one ``delivered_answers`` call (a real SQLite store underneath)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.pipeline import AnswerLookups
+from gateway.store.base import EventRecord, StoredAnswer
+from gateway.store.sqlite import SQLiteStore
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class CountingStore(SQLiteStore):
+    """The real store, recording each ``delivered_answers`` batch it is asked for."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.batches: list[list[str]] = []
+        self.fail = False
+
+    async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:
+        self.batches.append(list(event_ids))
+        if self.fail:
+            raise StoreUnavailable("the store is down (test)")
+        return await super().delivered_answers(event_ids)
+
+
+def _delivered(event_id: str, body: bytes) -> EventRecord:
+    return EventRecord(
+        id=event_id,
+        source="twilio",
+        provider="twilio",
+        channel="voice",
+        provider_event_id=event_id,
+        sender="+14155550111",
+        envelope_sender=None,
+        recipient="+14155550100",
+        verdict="deliver",
+        rule=None,
+        reason="mode_default",
+        mode="blacklist",
+        would_drop=False,
+        unauthenticated_allow=False,
+        outcome="forwarded",
+        received_at=T0,
+        method="POST",
+        path="/hooks/twilio",
+        query="",
+        content_type="application/x-www-form-urlencoded",
+        headers=(),
+        body=b"CallSid=" + event_id.encode(),
+        response_status=200,
+        response_content_type="text/xml",
+        response_body=body,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    s = CountingStore(str(tmp_path / "gw.db"))
+    await s.open()
+    await s.put_events([_delivered("a", b"<A/>"), _delivered("b", b"<B/>")])
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_lookups_of_one_turn_are_one_store_call(store: CountingStore) -> None:
+    lookups = AnswerLookups(store)
+    found = await asyncio.gather(*(lookups.get(i) for i in ["a", "x", "b", "a"]))
+    assert found == [
+        StoredAnswer(200, "text/xml", b"<A/>"),
+        None,
+        StoredAnswer(200, "text/xml", b"<B/>"),
+        StoredAnswer(200, "text/xml", b"<A/>"),
+    ]
+    assert [sorted(b) for b in store.batches] == [["a", "b", "x"]]  # a repeated id once
+    assert await lookups.get("b") == StoredAnswer(200, "text/xml", b"<B/>")
+    assert len(store.batches) == 2  # a later turn is a new batch
+
+
+async def test_a_store_error_reaches_every_waiter_of_the_batch(store: CountingStore) -> None:
+    lookups = AnswerLookups(store)
+    store.fail = True
+    results = await asyncio.gather(lookups.get("a"), lookups.get("b"), return_exceptions=True)
+    assert [type(r) for r in results] == [StoreUnavailable, StoreUnavailable]
+    store.fail = False
+    assert (await lookups.get("a")) is not None  # the next batch reads again
+
+
+async def test_a_cancelled_lookup_leaves_the_others_answered(store: CountingStore) -> None:
+    lookups = AnswerLookups(store)
+    cancelled = asyncio.ensure_future(lookups.get("a"))
+    kept = asyncio.ensure_future(lookups.get("b"))
+    await asyncio.sleep(0)  # both are waiting on the batch
+    cancelled.cancel()
+    assert await kept == StoredAnswer(200, "text/xml", b"<B/>")
+    assert cancelled.cancelled()
