@@ -335,7 +335,9 @@ class Store(Protocol):
 
     # --- events ----------------------------------------------------------------------
     async def put_events(self, events: Sequence[EventRecord]) -> None:
-        """Insert or replace events by id (one transaction)."""
+        """Insert or replace events by id (one transaction), except that a delivered
+        record (outcome in ``DELIVERED_OUTCOMES``) is never replaced by an undelivered
+        one: replicas handling retries of one event may write in either order."""
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
     async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:

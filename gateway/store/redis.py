@@ -365,21 +365,27 @@ end
 # ARGV[2..]: groups of 11: id, member, verdict, recipient, sender, outcome, dedupe suffix
 # ('' for none), meta JSON, body, has response body ('1'/'0'), response body.
 _PUT_EVENTS: Final = r"""
+local function delivered(outcome)
+  return outcome == 'forwarded' or outcome == 'released'
+end
 for i = 2, #ARGV, 11 do
   local key = p .. 'event:' .. ARGV[i]
   local m = ARGV[i + 1]
-  unindex(key)
-  redis.call('DEL', key)
-  local f = {'k', m, 'v', ARGV[i + 2], 'r', ARGV[i + 3], 's', ARGV[i + 4], 'o', ARGV[i + 5],
-             'd', ARGV[i + 6], 'm', ARGV[i + 7], 'b', ARGV[i + 8]}
-  if ARGV[i + 9] == '1' then f[#f + 1] = 'rb'; f[#f + 1] = ARGV[i + 10] end
-  redis.call('HSET', key, unpack(f))
-  redis.call('ZADD', p .. 'ev:all', 0, m)
-  redis.call('ZADD', p .. 'ev:v:' .. ARGV[i + 2], 0, m)
-  redis.call('ZADD', p .. 'ev:r:' .. ARGV[i + 3], 0, m)
-  redis.call('ZADD', p .. 'ev:s:' .. ARGV[i + 4], 0, m)
-  redis.call('ZADD', p .. 'ev:o:' .. ARGV[i + 5], 0, m)
-  if ARGV[i + 6] ~= '' then redis.call('ZADD', p .. 'ev:d:' .. ARGV[i + 6], 0, m) end
+  -- A delivered record is never replaced by an undelivered one (see Store.put_events).
+  local old = redis.call('HGET', key, 'o')
+  if not (old and delivered(old) and not delivered(ARGV[i + 5])) then
+    unindex(key)
+    redis.call('DEL', key)
+    local f = {'k', m, 'v', ARGV[i + 2], 'r', ARGV[i + 3], 's', ARGV[i + 4], 'o', ARGV[i + 5],
+               'd', ARGV[i + 6], 'm', ARGV[i + 7], 'b', ARGV[i + 8]}
+    if ARGV[i + 9] == '1' then f[#f + 1] = 'rb'; f[#f + 1] = ARGV[i + 10] end
+    redis.call('HSET', key, unpack(f))
+    redis.call('ZADD', p .. 'ev:all', 0, m)
+    redis.call('ZADD', p .. 'ev:v:' .. ARGV[i + 2], 0, m)
+    redis.call('ZADD', p .. 'ev:r:' .. ARGV[i + 3], 0, m)
+    redis.call('ZADD', p .. 'ev:s:' .. ARGV[i + 4], 0, m)
+    redis.call('ZADD', p .. 'ev:o:' .. ARGV[i + 5], 0, m)
+  end
 end
 return 0
 """

@@ -261,6 +261,16 @@ _EVENT_FIELDS: Final = (
     "extra",
 )
 _EVENT_COLUMNS: Final = ", ".join(_EVENT_FIELDS)
+# Insert or replace by id, except that a delivered record (its answer is what a retry is
+# answered with) is never replaced by an undelivered one: two replicas can both handle a
+# provider's retries of one event, and their record writes may land in either order.
+_PUT_EVENT_SQL: Final = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(_EVENT_FIELDS))})"  # noqa: S608
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _EVENT_FIELDS if c != "id")
+    + " WHERE events.outcome NOT IN ('forwarded', 'released')"
+    " OR excluded.outcome IN ('forwarded', 'released')"
+)
 
 # Fields a PATCH may change (SPEC §3, §6); anything else is a programming error, since
 # the API validates requests before they reach the store.
@@ -888,11 +898,7 @@ def _put_events(conn: sqlite3.Connection, events: Sequence[EventRecord]) -> None
         return
     rows = [_event_to_row(e) for e in events]
     with _transaction(conn, write=True):
-        conn.executemany(
-            f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS})"  # noqa: S608
-            f" VALUES ({_placeholders(len(_EVENT_FIELDS))})",
-            rows,
-        )
+        conn.executemany(_PUT_EVENT_SQL, rows)
 
 
 def _get_event(conn: sqlite3.Connection, event_id: str) -> EventRecord | None:

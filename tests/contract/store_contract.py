@@ -852,6 +852,32 @@ async def test_delivered_answers_reads_only_delivered_events_in_one_call(store: 
     assert len(await store.delivered_answers(many)) == 1200
 
 
+async def test_a_delivered_record_is_not_replaced_by_an_undelivered_one(store: Store) -> None:
+    """Two replicas may both handle retries of one event and write its record in either
+    order: the delivered record (and its answer) wins; an undelivered one may be replaced
+    (quarantined → released, forward_failed → forwarded)."""
+    ok = _event("e1", response_status=200, response_body=b"<Response/>")
+    await store.put_events([ok])
+    await store.put_events([_event("e1", outcome="forward_failed", forward_status=503)])
+    await store.put_events([_event("e1", outcome="quarantined", verdict="drop")])
+    kept = await store.get_event("e1")
+    assert kept is not None and (kept.outcome, kept.response_body) == ("forwarded", b"<Response/>")
+    assert await store.count_events("forward_failed") == 0
+    page, _ = await store.list_events(EventFilter(verdict="drop"), cursor=None, limit=10)
+    assert page == []  # the refused write left no index entry behind
+
+    await store.put_events([_event("e2", outcome="forward_failed", forward_status=503)])
+    await store.put_events([_event("e2", response_status=200, response_body=b"later")])
+    assert (await store.delivered_answers(["e2"]))["e2"].body == b"later"
+    await store.put_events([_event("e3", outcome="quarantined", verdict="drop")])
+    await store.put_events([_event("e3", outcome="released", response_status=200)])
+    again = await store.get_event("e3")
+    assert again is not None and again.outcome == "released"
+    await store.put_events([_event("e3", outcome="forwarded", response_status=201)])
+    latest = await store.get_event("e3")
+    assert latest is not None and latest.response_status == 201  # delivered over delivered
+
+
 async def test_count_events_counts_one_outcome_through_release_and_purge(
     store: Store,
 ) -> None:
