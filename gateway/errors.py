@@ -92,6 +92,12 @@ class DuplicateRule(Conflict):
         self.existing_rule_id = existing_rule_id
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    title = "Request timeout"
+    type_slug = "request-timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     title = "Payload too large"

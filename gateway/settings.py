@@ -44,6 +44,9 @@ class ServerSettings:
     public_url: str | None = None  # base URL providers call; URL-signed schemes rebuild from it
     max_body_bytes: int = 10 * 1024 * 1024
     max_admin_body_bytes: int = 1024 * 1024
+    # A webhook whose body has not fully arrived this long after its headers gets 408:
+    # a client trickling a body (slow-loris) cannot hold a connection and a task forever.
+    body_timeout_s: float = 30.0
     access_log: bool = False
 
 
@@ -449,7 +452,15 @@ def _list(choices: Sequence[str]) -> str:
 
 
 def _server(t: _Table) -> ServerSettings:
-    t.allow("host", "port", "public_url", "max_body_bytes", "max_admin_body_bytes", "access_log")
+    t.allow(
+        "host",
+        "port",
+        "public_url",
+        "max_body_bytes",
+        "max_admin_body_bytes",
+        "body_timeout_s",
+        "access_log",
+    )
     d = ServerSettings()
     public_url = t.url("public_url", base=True)
     return ServerSettings(
@@ -458,6 +469,7 @@ def _server(t: _Table) -> ServerSettings:
         public_url=public_url,
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes),
         max_admin_body_bytes=t.integer("max_admin_body_bytes", d.max_admin_body_bytes),
+        body_timeout_s=t.positive("body_timeout_s", d.body_timeout_s),
         access_log=t.flag("access_log", d.access_log),
     )
 

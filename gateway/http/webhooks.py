@@ -11,12 +11,14 @@ answers it as any other route. Errors are answered by the app's own handlers eit
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, NotFound, PayloadTooLarge
+from gateway.errors import GatewayError, NotFound, PayloadTooLarge, RequestTimeout
 from gateway.http.context import AppState, get_state
 from gateway.http.problems import gateway_error_handler
 from gateway.pipeline import Pipeline, Reply
@@ -66,7 +68,13 @@ async def ingest(state: AppState, source: SourceSettings, scope: Scope, receive:
             headers[low] = value
             if low == "content-length":
                 declared = value
-    body = await _read_capped(receive, declared, server.max_body_bytes)
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            body = await _read_capped(receive, declared, server.max_body_bytes)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {server.body_timeout_s:g} s"
+        ) from None
     query = scope["query_string"].decode("latin-1")
     path = scope.get("root_path", "") + scope["path"]
     public = server.public_url
