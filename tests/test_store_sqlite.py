@@ -18,7 +18,7 @@ import pytest
 from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, NewRule, Rule
 from gateway.store.base import EventRecord, RuleFilter
-from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, _delivered_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,3 +319,26 @@ async def test_change_log_keeps_the_last_versions(
         6,
         {v: {ORG_MAIL: (ids[v - 1],)} for v in (4, 5, 6)},
     )
+
+
+async def test_retry_dedupe_reads_by_primary_key_whatever_the_outcome_index_holds(
+    db_path: str,
+) -> None:
+    """delivered_answers must look events up by id: a plan through events_outcome reads
+    every forwarded event per lookup (SQLite chose it for batches of five ids or more
+    while the outcome test was in the SQL: milliseconds per batch at 20,000 events)."""
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        await store.put_events([_event(f"f{i}", "forwarded") for i in range(50)])
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        batch = [f"f{i}" for i in range(30)]  # a batch under load (a plan flips at 5+)
+        assert _delivered_answers(conn, batch) == {}  # no answer stored
+        query = next(s for s in statements if s.startswith("SELECT"))
+        plan = conn.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "sqlite_autoindex_events_1" in details and "events_outcome" not in details, details

@@ -915,15 +915,17 @@ def _delivered_answers(
     out: dict[str, StoredAnswer] = {}
     for start in range(0, len(event_ids), _IN_CHUNK):
         chunk = event_ids[start : start + _IN_CHUNK]
+        # By id only, the outcome tested here: with "outcome IN (...)" in the WHERE clause
+        # SQLite's planner preferred events_outcome and scanned every forwarded event
+        # (milliseconds per lookup at 20,000 events) over the primary key.
         rows = conn.execute(
-            "SELECT id, response_status, response_content_type, response_body FROM events"  # noqa: S608
-            f" WHERE id IN ({_placeholders(len(chunk))})"
-            f" AND outcome IN ({_placeholders(len(DELIVERED_OUTCOMES))})"
-            " AND response_status IS NOT NULL",
-            (*chunk, *DELIVERED_OUTCOMES),
+            "SELECT id, outcome, response_status, response_content_type, response_body"  # noqa: S608
+            f" FROM events WHERE id IN ({_placeholders(len(chunk))})",
+            chunk,
         )
-        for event_id, status, content_type, body in rows:
-            out[event_id] = StoredAnswer(status, content_type, body or b"")
+        for event_id, outcome, status, content_type, body in rows:
+            if outcome in DELIVERED_OUTCOMES and status is not None:
+                out[event_id] = StoredAnswer(status, content_type, body or b"")
     return out
 
 
