@@ -2,18 +2,37 @@
 few other outbound calls (the Telnyx Call Control reject action, SNS confirmation and
 signing-certificate download).
 
-Why aiohttp and not httpx: relaying a 1 KB form to a local app from one uvicorn worker on
-the 2-core reference machine gave about 320 req/s with ``httpx.AsyncClient``, about
-1,600 with httpx over an aiohttp transport, and about 3,600 with an
-``aiohttp.ClientSession`` (SPEC §4). The relay is the hot path, so the transport is
-aiohttp; the interface here (``Forwarder.forward`` / ``post_json`` / ``fetch`` returning a
-``ForwardResult``) names no aiohttp type, so the transport can be swapped.
+Why a connection pool of its own (``gateway/http1.py``: asyncio protocol + httptools'
+llhttp parser) rather than aiohttp or httpx: the relay is the hot path, and a general
+client spends most of its CPU on what a relay never uses. Client CPU per request
+(``time.process_time``) with 32 concurrent tasks POSTing a 1 KB Twilio form under uvloop
+on the 2-core reference machine, measured while other work shared the machine:
+
+* ``bench/clients.py`` (a small Starlette app under uvicorn; client and app pinned to one
+  core each; about 3,000 req/s, so nearly one answer per event-loop wake-up), three runs:
+  ``aiohttp.ClientSession`` 202–274 µs, this ``Forwarder`` 133–163 µs (header policy and
+  signing included), the bare ``Http1Pool`` 102–122 µs; ``httpx.AsyncClient`` about
+  2,500 µs in the one run that measured it. About 40 µs of the pool's share there is
+  kernel time (a send, a read and one or two epoll waits per request).
+* The same POST to a bare ASGI app that answers faster (nothing pinned; the pool reached
+  10,000–14,000 req/s, several answers per wake-up): the bare pool 38–43 µs,
+  ``aiohttp.ClientSession`` 198–226 µs.
+* The pool's own Python work, with the socket replaced by an in-memory transport: about
+  12–21 µs per request; the ``Forwarder``'s policy and signing add about 20–30 µs.
+
+The interface here (``Forwarder.forward`` / ``post_json`` / ``fetch`` returning a
+``ForwardResult``) names no transport type, so the transport can be swapped.
 
 One ``Forwarder`` per process, opened in the app lifespan (``await start()``) and closed
-with it (``await aclose()``). Its pooled session is HTTP/1.1 with keep-alive, does not
-follow redirects, keeps no cookies, reads no proxy settings from the environment,
-decompresses nothing and adds no ``User-Agent``/``Accept``/``Accept-Encoding``/
-``Content-Type`` of its own.
+with it (``await aclose()``). Its pool speaks HTTP/1.1 with keep-alive (idle connections
+closed after 4 s, below common app servers' 5 s), does not follow redirects, keeps no
+cookies, reads no proxy settings from the environment, decompresses nothing on a relay
+(``post_json``/``fetch`` decode a gzip or deflate answer, since the gateway reads those)
+and adds no ``User-Agent``/``Accept``/``Accept-Encoding``/``Content-Type`` of its own. A
+request that meets the end of a kept-alive connection before any byte of an answer (the
+application closed it while idle, e.g. restarting) is resent once on a new connection. A
+forward URL with ``user:password@`` sends those as HTTP Basic auth, in place of the
+provider's own ``Authorization`` (which was meant for the gateway).
 
 Header policy of ``forward`` (what the application receives):
 
@@ -36,38 +55,37 @@ Header policy of ``forward`` (what the application receives):
   (when given) and, with a signing secret, ``webhook-id`` (= the event id),
   ``webhook-timestamp`` (Unix seconds from the injected clock) and ``webhook-signature``
   over the exact body bytes.
-* A header whose name is not an HTTP token or whose value holds CR, LF or NUL is dropped,
-  ours included. Header values are ``str`` as ASGI/Starlette give them (the wire bytes
-  decoded as latin-1); they go out as the same bytes when those are ASCII or UTF-8, and
-  a value whose bytes are neither is dropped (aiohttp writes headers as UTF-8).
+* A header whose name is not an HTTP token or whose value holds CR, LF or NUL (or a lone
+  surrogate, which has no UTF-8 form) is dropped, ours included. Header values are
+  ``str`` as ASGI/Starlette give them (the wire bytes decoded as latin-1); they go out as
+  the same bytes when those are ASCII or UTF-8, and a value whose bytes are neither is
+  dropped (the pool writes headers as UTF-8).
 
 Answers: the application's status, ``Content-Type`` and body come back unchanged for any
 status below 500 (a 4xx is the application's answer, a 3xx is not followed). A 5xx, a
 timeout or a failed connection becomes a failure the provider should retry: 503 for a
-5xx (the body is not relayed), 504 for a timeout, 502 for a refused/reset connection or an
-unreadable answer. ``forward`` never raises for a transport problem; it raises only
+5xx (the body is not relayed), 504 for a timeout, 502 for a refused/reset connection, an
+unusable forward URL or an unreadable answer (not HTTP, cut off, over 10 MiB).
+``forward`` never raises for a transport problem; it raises only
 ``asyncio.CancelledError`` (which must propagate) and ``RuntimeError`` when used outside
 ``start()``..``aclose()``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Literal
 from urllib.parse import quote_from_bytes
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
+from gateway.http1 import Http1Error, Http1Pool, Http1Response
 from gateway.signing import standard_webhooks_secret, standard_webhooks_sign
 
 logger = logging.getLogger(__name__)
@@ -102,12 +120,13 @@ _QUERY_AS_IS: Final = re.compile(r"[\x21\x22\x24-\x7e]*").fullmatch
 _QUERY_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "#")
 
 _USER_AGENT: Final = "SenderGate"  # only on the gateway's own calls, never on a relay
-_SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _CONNECT_TIMEOUT_S: Final = 3.0
 # Below the idle timeout of common app servers (uvicorn 5 s, Node 5 s), so that the pool
-# rarely sends a POST on a connection the application is closing (aiohttp retries only
-# idempotent methods on such a connection; a POST would come back as a 502).
+# rarely sends a request on a connection the application is closing (the pool retries
+# such a request once on a new connection, see gateway/http1.py).
 _KEEPALIVE_S: Final = 4.0
+# What the gateway's own calls (post_json, fetch) accept: they read the body themselves.
+_OWN_MAX_DECODED_BYTES: Final = 10 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,33 +183,24 @@ class Forwarder:
         self._clock = clock
         self._limit = limit
         self._limit_per_host = limit_per_host
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
 
     async def start(self) -> None:
-        """Open the pooled session (call from the running event loop, e.g. the lifespan)."""
-        if self._session is not None:
+        """Open the connection pool (call from the running event loop, e.g. the lifespan)."""
+        if self._pool is not None:
             raise RuntimeError("Forwarder.start() called twice")
-        connector = aiohttp.TCPConnector(
+        self._pool = Http1Pool(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
-            keepalive_timeout=_KEEPALIVE_S,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            version=aiohttp.HttpVersion11,
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),  # an app's Set-Cookie must not leak
-            trust_env=False,
-            raise_for_status=False,
+            keepalive_s=_KEEPALIVE_S,
+            connect_timeout_s=_CONNECT_TIMEOUT_S,
         )
 
     async def aclose(self) -> None:
-        """Close the session and its connections (idempotent)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        """Close the pool and its connections (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     async def __aenter__(self) -> Forwarder:
         await self.start()
@@ -230,8 +240,8 @@ class Forwarder:
         ``url``'s own query with ``&``. ``timeout_s`` bounds the whole call (connect
         within ``min(timeout_s, 3)``); derive it from the provider's own limit.
         """
-        session = self._live_session()
-        timeout = _client_timeout(timeout_s)
+        pool = self._live_pool()
+        _check_timeout(timeout_s)
         key = self._key
         out = _relay_headers(headers, drop_webhook=key is not None, request_id=request_id)
         _add(out, "X-SenderGate-Verdict", verdict)
@@ -242,23 +252,18 @@ class Forwarder:
             _add(out, "X-Request-Id", request_id)
         if key is not None and _add(out, "webhook-id", event_id):
             timestamp = int(self._clock())
-            out.add("webhook-timestamp", str(timestamp))
-            out.add("webhook-signature", standard_webhooks_sign(key, event_id, timestamp, body))
+            out.append(("webhook-timestamp", str(timestamp)))
+            out.append(
+                ("webhook-signature", standard_webhooks_sign(key, event_id, timestamp, body))
+            )
         started = time.perf_counter()
         try:
-            target = _target_url(url, query)
-            async with session.request(
-                method,
-                target,
-                headers=out,
-                data=body or None,
-                allow_redirects=False,
-                timeout=timeout,
-            ) as response:
-                payload = await response.read()
-                return _answer(response, payload, started)
+            response = await pool.request(
+                method, _target_url(url, query), out, body, timeout_s=timeout_s
+            )
         except Exception as exc:  # CancelledError is a BaseException: it propagates
             return _failure(exc, started)
+        return _answer(response, started)
 
     async def post_json(
         self, url: str, *, json_body: object, bearer: str | None, timeout_s: float
@@ -266,148 +271,213 @@ class Forwarder:
         """POST ``json_body`` as JSON (``Authorization: Bearer`` when given), e.g. the Telnyx
         Call Control reject action. A body that ``json.dumps`` cannot encode raises
         ``TypeError``/``ValueError`` (a caller bug); transport problems never raise."""
-        session = self._live_session()
-        timeout = _client_timeout(timeout_s)
+        pool = self._live_pool()
+        _check_timeout(timeout_s)
         data = json.dumps(json_body, separators=(",", ":")).encode()
-        out: CIMultiDict[str] = CIMultiDict(
-            (("Content-Type", "application/json"), ("Accept", "application/json"))
-        )
-        out.add("User-Agent", _USER_AGENT)
+        out = [
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+            ("User-Agent", _USER_AGENT),
+        ]
         if bearer is not None:
             _add(out, "Authorization", f"Bearer {bearer}")
-        started = time.perf_counter()
-        try:
-            async with session.post(
-                URL(url),
-                headers=out,
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=True,
-            ) as response:
-                payload = await response.read()
-                return _answer(response, payload, started)
-        except Exception as exc:
-            return _failure(exc, started)
+        return await self._own_call(pool, "POST", url, out, data, timeout_s)
 
     async def fetch(self, url: str, *, timeout_s: float) -> ForwardResult:
         """A plain GET (SNS ``SubscribeURL`` confirmation, SNS signing certificate);
         redirects are not followed. Check ``result.success``."""
-        session = self._live_session()
-        timeout = _client_timeout(timeout_s)
+        pool = self._live_pool()
+        _check_timeout(timeout_s)
+        return await self._own_call(pool, "GET", url, [("User-Agent", _USER_AGENT)], b"", timeout_s)
+
+    async def _own_call(
+        self,
+        pool: Http1Pool,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout_s: float,
+    ) -> ForwardResult:
+        """One of the gateway's own calls: like a relay, but a compressed answer (sent
+        although we asked for none) is decompressed, since the gateway reads it."""
         started = time.perf_counter()
         try:
-            async with session.get(
-                URL(url),
-                headers=(("User-Agent", _USER_AGENT),),
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=True,
-            ) as response:
-                payload = await response.read()
-                return _answer(response, payload, started)
+            response = await pool.request(method, url, headers, body, timeout_s=timeout_s)
+            decoded = _decoded(response)
         except Exception as exc:
             return _failure(exc, started)
+        return _answer(response, started, decoded)
 
-    def _live_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
+    def _live_pool(self) -> Http1Pool:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Forwarder used outside start() .. aclose()")
-        return session
+        return pool
+
+
+def _check_timeout(timeout_s: float) -> None:
+    if not timeout_s > 0 or math.isinf(timeout_s):
+        raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
 
 
 def _relay_headers(
     headers: Iterable[tuple[str, str]], *, drop_webhook: bool, request_id: str | None
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The provider's headers that may go on to the application (module docstring)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    extra_hop: set[str] = set()
+    out: list[tuple[str, str]] = []
+    extra_hop: set[str] | None = None
     for name, value in headers:
-        lname = name.lower()
-        if lname in _DROP:
-            if lname == "connection":
-                for token in value.split(","):
-                    token = token.strip().lower()
-                    if token not in _PLAIN_CONNECTION_TOKENS:
-                        extra_hop.add(token)
-            continue
-        if (
-            lname.startswith(_GATEWAY_PREFIX)
-            or (drop_webhook and lname in _WEBHOOK_HEADERS)
-            or (request_id is not None and lname == "x-request-id")
+        kind = _NAME_KINDS.get(name)
+        if kind is None:
+            kind = _name_kind(name)
+        if kind is not _KEEP and (
+            kind is _DROPPED
+            or (kind is _WEBHOOK and drop_webhook)
+            or (kind is _REQUEST_ID and request_id is not None)
         ):
             continue
-        if not value.isascii():
-            wire = _wire_value(value)
-            if wire is None:
-                continue
-            value = wire
-        if _TOKEN(name) is None or _UNSAFE_VALUE(value) is not None:
+        if kind is _CONNECTION:
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token not in _PLAIN_CONNECTION_TOKENS:
+                    if extra_hop is None:
+                        extra_hop = set()
+                    extra_hop.add(token)
             continue
-        out.add(name, value)
-    out.add("Accept-Encoding", "identity")
-    for token in extra_hop:  # rare: a Connection header naming other headers
-        out.popall(token, None)
+        if not (value.isascii() and value.isprintable()):  # else plainly safe
+            if not value.isascii():
+                wire = _wire_value(value)
+                if wire is None:
+                    continue
+                value = wire
+            if _UNSAFE_VALUE(value) is not None:
+                continue
+        out.append((name, value))
+    if extra_hop:  # rare: a Connection header naming other headers
+        out = [(name, value) for name, value in out if name.lower() not in extra_hop]
+    out.append(("Accept-Encoding", "identity"))
     return out
 
 
+# What the relay policy does with a header, by name (``_relay_headers``).
+_KEEP: Final = "keep"
+_DROPPED: Final = "drop"  # hop-by-hop, recomputed, ours (X-SenderGate-*), or not a token
+_CONNECTION: Final = "connection"  # dropped, and so are the headers it names
+_WEBHOOK: Final = "webhook"  # dropped when the gateway signs
+_REQUEST_ID: Final = "request-id"  # dropped when the gateway has a request id
+# Memo of _name_kind: providers send the same few names with every event. Bounded, as
+# names come from the network; past the bound, names are classified on every call.
+_NAME_KINDS: dict[str, str] = {}
+_MAX_NAME_KINDS: Final = 1024
+
+
+def _name_kind(name: str) -> str:
+    lname = name.lower()
+    if lname == "connection":
+        kind = _CONNECTION
+    elif lname in _DROP or lname.startswith(_GATEWAY_PREFIX) or _TOKEN(name) is None:
+        kind = _DROPPED
+    elif lname in _WEBHOOK_HEADERS:
+        kind = _WEBHOOK
+    elif lname == "x-request-id":
+        kind = _REQUEST_ID
+    else:
+        kind = _KEEP
+    if len(_NAME_KINDS) < _MAX_NAME_KINDS:
+        _NAME_KINDS[name] = kind
+    return kind
+
+
 def _wire_value(value: str) -> str | None:
-    """A non-ASCII header value such that aiohttp's UTF-8 encoding gives the wire bytes
-    back; None when those bytes are not UTF-8 (they cannot be sent unchanged)."""
+    """A non-ASCII header value such that its UTF-8 encoding (how the pool writes
+    headers) gives the wire bytes back; None when those bytes are not UTF-8 (they cannot
+    be sent unchanged) or the text cannot be encoded at all."""
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeEncodeError:  # not latin-1 decoded wire text: send its UTF-8
-        return value
+        return value if _encodable(value) else None
     except UnicodeDecodeError:
         return None
 
 
-def _add(out: CIMultiDict[str], name: str, value: str) -> bool:
-    """Add one of our own headers unless its value could break the header block."""
-    if _UNSAFE_VALUE(value) is not None:
-        logger.warning("dropped header %s: its value holds CR, LF or NUL", name)
+def _encodable(value: str) -> bool:
+    """False for text holding a lone surrogate (possible in JSON), which UTF-8 cannot
+    encode: such a header is dropped rather than failing the whole relay."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
         return False
-    out.add(name, value)
     return True
 
 
-@functools.lru_cache(maxsize=256)
-def _base_url(url: str) -> tuple[str, str]:
-    """The forward URL in encoded form without fragment, and the joiner for a query."""
-    parsed = URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise aiohttp.InvalidURL(url)
-    parsed = parsed.with_fragment(None)
-    return str(parsed), "&" if parsed.raw_query_string else "?"
+def _add(out: list[tuple[str, str]], name: str, value: str) -> bool:
+    """Add one of our own headers unless its value could break the header block."""
+    if not (value.isascii() and value.isprintable()):  # else plainly safe
+        if _UNSAFE_VALUE(value) is not None:
+            logger.warning("dropped header %s: its value holds CR, LF or NUL", name)
+            return False
+        if not value.isascii() and not _encodable(value):
+            logger.warning("dropped header %s: its value cannot be encoded as UTF-8", name)
+            return False
+    out.append((name, value))
+    return True
 
 
-def _target_url(url: str, query: str) -> URL:
-    base, joiner = _base_url(url)
+def _target_url(url: str, query: str) -> str:
+    """The forward URL without fragment, with the provider's query appended."""
+    base = url.partition("#")[0]
     if not query:
-        return URL(base, encoded=True)
+        return base
     if _QUERY_AS_IS(query) is None:
         try:
             raw = query.encode("latin-1")
         except UnicodeEncodeError:
             raw = query.encode("utf-8")
         query = quote_from_bytes(raw, safe=_QUERY_SAFE)
-    # encoded=True: the provider's query goes on the request line exactly as it came.
-    return URL(base + joiner + query, encoded=True)
+    # The provider's query goes on the request line exactly as it came (the pool does not
+    # requote a target).
+    if "?" not in base:
+        return f"{base}?{query}"
+    return f"{base}{query}" if base.endswith(("?", "&")) else f"{base}&{query}"
 
 
-@functools.lru_cache(maxsize=64)
-def _client_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
-    if not timeout_s > 0 or math.isinf(timeout_s):
-        raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
-    # ceil_threshold=inf: aiohttp would otherwise round deadlines over 5 s up to the next
-    # whole second, past a provider's own limit. sock_connect (not connect) so that waiting
-    # for a free pooled connection counts only against the total.
-    return aiohttp.ClientTimeout(
-        total=timeout_s, sock_connect=min(timeout_s, _CONNECT_TIMEOUT_S), ceil_threshold=math.inf
-    )
+def _header(headers: list[tuple[str, str]], lname: str) -> str | None:
+    """The first value of a header (``lname`` in lower case), or None."""
+    for name, value in headers:
+        if name.lower() == lname:
+            return value
+    return None
 
 
-def _answer(response: aiohttp.ClientResponse, payload: bytes, started: float) -> ForwardResult:
+def _decoded(response: Http1Response) -> bytes | None:
+    """The body of an answer to one of our own calls decompressed, when it came with a
+    gzip or deflate Content-Encoding (capped, against a decompression bomb); else None."""
+    encoding = _header(response.headers, "content-encoding")
+    if encoding is None or response.status >= 500:
+        return None
+    coding = encoding.strip().lower()
+    if coding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == "deflate":
+        # zlib-wrapped as the RFC says, or raw deflate as some servers send it.
+        wbits = zlib.MAX_WBITS if response.body[:1] == b"\x78" else -zlib.MAX_WBITS
+    else:
+        return None  # identity, or a coding we do not decode
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(response.body, _OWN_MAX_DECODED_BYTES)
+    except zlib.error as exc:
+        raise Http1Error("invalid_response", f"the answer's {coding} body is corrupt") from exc
+    if decompressor.unconsumed_tail:
+        raise Http1Error(
+            "invalid_response", f"the answer decompresses to over {_OWN_MAX_DECODED_BYTES} bytes"
+        )
+    return out
+
+
+def _answer(response: Http1Response, started: float, decoded: bytes | None = None) -> ForwardResult:
+    """The result for an answer; ``decoded`` is its body decompressed, if it was."""
     status = response.status
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     if status >= 500:
@@ -423,17 +493,25 @@ def _answer(response: aiohttp.ClientResponse, payload: bytes, started: float) ->
             upstream_status=status,
             detail=f"the application answered {status}",
         )
-    content_type = response.headers.get("Content-Type")
+    content_type: str | None = None
+    encoding: str | None = None
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname == "content-type":
+            if content_type is None:
+                content_type = value
+        elif lname == "content-encoding" and encoding is None:
+            encoding = value
     headers: tuple[tuple[str, str], ...] = ()
     if content_type is not None:
         headers = (("Content-Type", content_type),)
-    encoding = response.headers.get("Content-Encoding")
-    if encoding is not None and encoding.strip().lower() != "identity":
+    # A body we decompressed (post_json, fetch) no longer has its Content-Encoding.
+    if encoding is not None and decoded is None and encoding.strip().lower() != "identity":
         headers += (("Content-Encoding", encoding),)
     return ForwardResult(
         status=status,
         content_type=content_type,
-        body=payload,
+        body=response.body if decoded is None else decoded,
         headers=headers,
         ok=True,
         error=None,
@@ -445,19 +523,13 @@ def _answer(response: aiohttp.ClientResponse, payload: bytes, started: float) ->
 def _failure(exc: Exception, started: float) -> ForwardResult:
     """Translate a transport exception into the answer the provider should get."""
     error: ForwardError
-    if isinstance(exc, TimeoutError):  # incl. asyncio.TimeoutError, aiohttp's timeouts
-        status, error = 504, "timeout"
-    elif isinstance(
-        exc,
-        aiohttp.ClientConnectionError
-        | OSError
-        | aiohttp.InvalidURL
-        | aiohttp.NonHttpUrlClientError,
-    ):
-        # refused, reset, DNS, closed before answering; or a URL it cannot connect to
+    if isinstance(exc, Http1Error):
+        error = exc.kind
+        status = 504 if error == "timeout" else 502
+    elif isinstance(exc, ValueError):
+        # A URL the pool cannot use (not http/https, no host, bad port), or a header it
+        # cannot encode: nothing can be connected to.
         status, error = 502, "connect"
-    elif isinstance(exc, aiohttp.ClientError):
-        status, error = 502, "invalid_response"  # unparsable status line/headers/body
     else:
         logger.exception("unexpected error in an outbound call")
         status, error = 502, "invalid_response"

@@ -576,3 +576,59 @@ async def test_aclose_closes_cleanly_without_resource_warnings(
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert len(downstream.requests) == 20
+
+
+async def test_app_restart_between_events_costs_no_502(
+    forwarder: Forwarder, downstream: RecordingApp
+) -> None:
+    """A pooled keep-alive connection that the app closed (here by restarting) is not
+    reported as a failure: the next event goes out on a new connection."""
+    srv = UvicornThread(downstream)
+    with srv:
+        assert (await relay(forwarder, f"{srv.url}/hook")).ok
+    with srv:
+        result = await relay(forwarder, f"{srv.url}/hook")
+    assert (result.status, result.ok) == (200, True)
+    assert len(downstream.requests) == 2
+
+
+async def test_forward_url_credentials_are_sent_as_basic_auth(
+    forwarder: Forwarder, server: UvicornThread, downstream: RecordingApp
+) -> None:
+    """user:password@ in the forward URL authenticates the gateway to the app (HTTP Basic),
+    replacing the provider's own Authorization (meant for the gateway)."""
+    url = f"http://gw:s%3Acret@127.0.0.1:{server.port}/hook"
+    result = await relay(forwarder, url, headers=[("Authorization", "Basic cHJvdmlkZXI6eA==")])
+    assert result.ok
+    seen = downstream.last
+    assert seen.header_all("authorization") == ["Basic Z3c6czpjcmV0"]  # gw:s:cret
+    assert seen.header("host") == f"127.0.0.1:{server.port}"
+
+
+async def test_own_calls_decompress_a_compressed_answer(
+    forwarder: Forwarder, server: UvicornThread, downstream: RecordingApp
+) -> None:
+    """fetch() reads the body itself, so a gzip answer (sent although not asked for) is
+    decompressed; a relay keeps it as it came (test above)."""
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    downstream.reply = Reply(
+        content_type="application/x-pem-file",
+        body=gzip.compress(pem),
+        headers=(("Content-Encoding", "gzip"),),
+    )
+    result = await forwarder.fetch(f"{server.url}/cert.pem", timeout_s=2.0)
+    assert result.success and result.body == pem
+    assert result.headers == (("Content-Type", "application/x-pem-file"),)
+
+
+async def test_unencodable_header_value_is_dropped_not_fatal(
+    forwarder: Forwarder, server: UvicornThread, downstream: RecordingApp
+) -> None:
+    """A value holding a lone surrogate (JSON can carry one) cannot be sent as UTF-8: that
+    header is dropped and the event is still relayed."""
+    result = await relay(
+        forwarder, f"{server.url}/hook", headers=[("X-Odd", "a\ud800b")], sender="\udcff@x"
+    )
+    assert result.ok
+    assert not downstream.last.has_header("x-odd")
+    assert not downstream.last.has_header("x-sendergate-sender")
