@@ -147,12 +147,14 @@ class AnswerCache:
 
 
 class AnswerLookups:
-    """Retry-dedupe reads, batched. Every first delivery asks the store whether its event
-    was delivered before (by another replica, or before a restart); the lookups asked for
-    during one turn of the event loop go to the store together, as one
-    ``delivered_answers`` call (one hop to SQLite's thread, one Redis round trip), instead
-    of one call each: under load that turn holds the requests that arrived together. A
-    store error reaches every waiter of the batch."""
+    """Retry-dedupe reads. Every first delivery asks the store whether its event was
+    delivered before (by another replica, or before a restart). A store that can answer
+    on the spot does (SQLite, ``delivered_answers_nowait``); otherwise the lookups asked
+    for during one turn of the event loop go to the store together, as one
+    ``delivered_answers`` call (one Redis round trip, or one hop to SQLite's thread when
+    its quick read could not be done), instead of one call each: under load that turn
+    holds the requests that arrived together. A store error reaches every waiter of the
+    batch."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -160,6 +162,9 @@ class AnswerLookups:
         self._reads: set[asyncio.Task[None]] = set()
 
     async def get(self, event_id: str) -> StoredAnswer | None:
+        now = self._store.delivered_answers_nowait((event_id,))
+        if now is not None:  # SQLite: read on the spot, no batch needed
+            return now.get(event_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredAnswer | None] = loop.create_future()
         if not self._waiting:

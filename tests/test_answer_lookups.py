@@ -1,5 +1,7 @@
-"""Retry-dedupe reads are batched: lookups asked for in one turn of the event loop reach
-the store as one ``delivered_answers`` call (a real SQLite store underneath)."""
+"""Retry-dedupe reads: SQLite answers on the spot from the event loop's read-only
+connection; otherwise (Redis, or SQLite when that read cannot be done without waiting)
+lookups asked for in one turn of the event loop reach the store as one
+``delivered_answers`` call. A real SQLite store underneath."""
 
 from __future__ import annotations
 
@@ -19,12 +21,18 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 class CountingStore(SQLiteStore):
-    """The real store, recording each ``delivered_answers`` batch it is asked for."""
+    """The real store, recording each ``delivered_answers`` batch it is asked for; its
+    on-the-spot read is switched off unless ``nowait`` is set (as for Redis, which has
+    none)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.batches: list[list[str]] = []
         self.fail = False
+        self.nowait = False
+
+    def delivered_answers_nowait(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer] | None:
+        return super().delivered_answers_nowait(event_ids) if self.nowait else None
 
     async def delivered_answers(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer]:
         self.batches.append(list(event_ids))
@@ -105,3 +113,29 @@ async def test_a_cancelled_lookup_leaves_the_others_answered(store: CountingStor
     cancelled.cancel()
     assert await kept == StoredAnswer(200, "text/xml", b"<B/>")
     assert cancelled.cancelled()
+
+
+async def test_sqlite_answers_on_the_spot_and_sees_new_writes(store: CountingStore) -> None:
+    store.nowait = True
+    lookups = AnswerLookups(store)
+    assert await lookups.get("a") == StoredAnswer(200, "text/xml", b"<A/>")
+    assert await lookups.get("c") is None
+    await store.put_events([_delivered("c", b"<C/>")])  # written on the store's thread
+    assert await lookups.get("c") == StoredAnswer(200, "text/xml", b"<C/>")
+    assert store.batches == []  # no hop to the store's thread
+
+
+async def test_the_on_the_spot_read_gives_up_rather_than_wait(tmp_path: Path) -> None:
+    memory = SQLiteStore(":memory:")
+    await memory.open()
+    try:
+        assert memory.delivered_answers_nowait(["a"]) is None  # no second connection
+    finally:
+        await memory.close()
+    store = SQLiteStore(str(tmp_path / "gw.db"))
+    assert store.delivered_answers_nowait(["a"]) is None  # not open
+    await store.open()
+    await store.put_events([_delivered("a", b"<A/>")])
+    assert store.delivered_answers_nowait(["a"]) == {"a": StoredAnswer(200, "text/xml", b"<A/>")}
+    await store.close()
+    assert store.delivered_answers_nowait(["a"]) is None  # closed: the caller's batch path

@@ -346,6 +346,12 @@ class Store(Protocol):
         round trip for many ids: the relay path asks this for every first delivery."""
         ...
 
+    def delivered_answers_nowait(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer] | None:
+        """The same, read without waiting and without leaving the calling thread, when
+        this store can (SQLite: a local read-only connection); None when it cannot (then
+        use ``delivered_answers``). Never raises for an unavailable store."""
+        ...
+
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int
     ) -> tuple[list[EventRecord], str | None]:

@@ -1322,6 +1322,9 @@ class RedisStore:
                 )
         return out
 
+    def delivered_answers_nowait(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer] | None:
+        return None  # every read is a round trip: the caller uses delivered_answers
+
     async def _load_events(self, r: Redis, members: Sequence[str]) -> list[EventRecord]:
         ids = [m.partition("|")[2] for m in members]
         out: list[EventRecord] = []

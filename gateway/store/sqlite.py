@@ -1212,6 +1212,8 @@ class SQLiteStore:
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # The event loop's own read-only connection, for delivered_answers_nowait.
+        self._reader: sqlite3.Connection | None = None
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -1234,6 +1236,9 @@ class SQLiteStore:
             return
         # New calls fail from here on; calls already queued run first (one FIFO worker).
         self._executor = self._conn = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         try:
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
         finally:
@@ -1351,6 +1356,30 @@ class SQLiteStore:
         if not event_ids:
             return {}
         return await self._run(_delivered_answers, list(event_ids))
+
+    def delivered_answers_nowait(self, event_ids: Sequence[str]) -> dict[str, StoredAnswer] | None:
+        """Read on the calling thread (the event loop), through a read-only connection
+        that never waits: a WAL reader takes no lock a writer holds, and with no busy
+        handler a rare conflict (a checkpoint resetting the log, recovery) answers at
+        once, and this returns None so that the caller asks ``delivered_answers``.
+
+        Why on the event loop: the lookup is a primary-key probe of a few pages that the
+        OS has cached, about ten microseconds; handing it to the store's thread and back
+        cost several times that in thread hand-offs (docs/performance.md)."""
+        reader = self._reader
+        if reader is None:
+            if self._conn is None or self.path == ":memory:":
+                return None
+            try:
+                reader = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error:
+                return None
+            self._reader = reader
+        try:
+            return _delivered_answers(reader, list(event_ids))
+        except sqlite3.Error:
+            return None
 
     async def list_events(
         self, flt: EventFilter, *, cursor: str | None, limit: int
