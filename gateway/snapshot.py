@@ -167,8 +167,11 @@ class SnapshotHolder:
         changed. Store errors are logged and the last snapshot stays in force
         (fail-static)."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the wait ends, and this loop would run on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
+                async with asyncio.timeout(interval_s):
+                    await self._wake.wait()
             timed_out = not self._wake.is_set()
             self._wake.clear()
             try:
