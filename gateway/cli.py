@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import re
@@ -220,6 +221,7 @@ def serve(
             except ConfigError as exc:
                 _config_failed(exc)
             _stop_logs_after_shutdown(app, listener)
+            _freeze_gc_after_startup(app)
             log.info("serve: 1 worker, graceful shutdown timeout %d s", graceful)
             uvicorn.run(
                 app,
@@ -300,6 +302,29 @@ def _stop_logs_after_shutdown(app: Starlette, listener: JsonLogListener) -> None
     app.router.lifespan_context = lifespan
 
 
+def _freeze_gc_after_startup(app: Starlette) -> None:
+    """Once the app has started (modules imported, phone metadata and the rule snapshot
+    loaded), move every object that exists to the collector's permanent generation.
+
+    Why: the cyclic garbage collector's full (generation 2) pass walks every long-lived
+    object, and a serving process has a million or more of them that never become
+    garbage (modules, phonenumbers' metadata, the snapshot). Measured under a steady
+    1,500 drops/s, that pass came every 1.5 s and blocked the event loop for 16 to 25 ms
+    each time, which set the p99 latency; after the freeze it walks only what was created
+    since, under 1 ms (docs/performance.md). Objects still die by reference counting as before; only
+    a reference cycle that existed at the freeze is never collected (a few, once)."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        async with inner(app_) as state:
+            gc.collect()
+            gc.freeze()
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
 def worker_app() -> Starlette:
     """The app of one ``serve --workers N`` worker (uvicorn's factory, called in the worker
     process): JSON logging as in the parent process, then ``gateway.app.app_from_env``."""
@@ -312,6 +337,7 @@ def worker_app() -> Starlette:
     )
     app = app_from_env()
     _stop_logs_after_shutdown(app, listener)
+    _freeze_gc_after_startup(app)
     return app
 
 
