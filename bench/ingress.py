@@ -3,6 +3,7 @@
     python bench/ingress.py [--duration 10] [--connections 32] [--warmup 2] [--rounds 1]
                             [--only bare,drop,direct,relay] [--loadgen auto|wrk|python]
                             [--gateway-log-level info|warning] [--store-dir DIR]
+                            [--no-latency] [--latency-duration 10]
 
 One run starts each server below as its own uvicorn process (uvloop + httptools, one
 worker, no access log) pinned to core 0, and loads it from core 1 (docs/performance.md
@@ -28,16 +29,30 @@ run gets more distinct requests than it can send, and the downstream's request c
 checked against it. Each run warms up for ``--warmup`` seconds, then is measured for
 ``--duration`` seconds: requests/s, p50/p99 latency (as wrk reports them) and the server's
 CPU time per request from ``/proc/PID/stat`` (user + system, all threads).
+
+Then, unless ``--no-latency``, the latency the gateway adds at half of its measured
+maximum: wrk is a closed loop (a stalled server is sent less, and the stall hides), so a
+fixed-rate open-loop generator (``--latency-worker``: Python, uvloop, keep-alive
+connections, on the load core) sends request i at t0 + i/R, R = half the gateway run's
+requests/s, and times each from its scheduled moment. After the drop run: (a) then (b)
+at half the drop rate; after the relay run: (d) then (c) at half the relay rate; each for
+``--warmup`` + ``--latency-duration`` seconds with fresh CallSids. Printed: p50/p90/p99/max,
+the rate sent and how late the generator launched requests (when it could not hold the
+rate, the gateway's added latency is not printed), and "added by the gateway": the
+difference of the percentiles (goal: p99 under 5 ms).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
+import math
 import os
 import platform
 import shutil
@@ -50,12 +65,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
-from urllib.parse import quote, urlencode
+from typing import cast
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,6 +95,8 @@ FORM = "application/x-www-form-urlencoded"
 XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>'
 REJECT_TWIML = f'{XML_DECL}<Response><Reject reason="rejected"/></Response>'.encode()
 APP_TWIML = f"{XML_DECL}<Response><Say>Thanks for calling.</Say></Response>".encode()
+IDEMPOTENCY_TOKEN = "00000000-0000-4000-8000-000000000000"  # noqa: S105 - not a secret
+TWILIO_USER_AGENT = "TwilioProxy/1.1"
 
 RUN_NAMES = ("bare", "drop", "direct", "relay")
 LABELS = {
@@ -171,6 +190,16 @@ def twilio_signature(url: str, params: Sequence[tuple[str, str]]) -> str:
     text = url + "".join(k + v for k, v in sorted(params))
     digest = hmac.new(TOKEN.encode(), text.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
+
+
+def provider_headers(signature: str) -> list[tuple[str, str]]:
+    """The headers Twilio sends with a webhook (the ones the wrk script sends too)."""
+    return [
+        ("Content-Type", FORM),
+        ("X-Twilio-Signature", signature),
+        ("I-Twilio-Idempotency-Token", IDEMPOTENCY_TOKEN),
+        ("User-Agent", TWILIO_USER_AGENT),
+    ]
 
 
 def write_requests(path: Path, public_url: str, caller: str, count: int, tag: int) -> None:
@@ -321,6 +350,248 @@ def python_loadgen(url: str, path: str, start: int, seconds: float, connections:
     asyncio.run(main())
 
 
+# --- open-loop latency at a fixed rate ------------------------------------------------------
+#
+# wrk is a closed loop: each connection sends its next request when the last one is
+# answered, so a stalled server is sent less and its stall hides in the few requests that
+# waited ("coordinated omission"). The fixed-rate generator below schedules request i at
+# t0 + i/R whatever the answers, and times it from that scheduled moment: a request that
+# waits for a free connection, or behind a stall, has that wait in its latency.
+
+LAG_LIMIT_MS = 0.5  # the generator holds the rate when its p99 launch lag stays below this
+LATENCY_DRAIN_S = 10.0  # how long to wait for the last answers after the schedule ends
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the fixed-rate generator: writes a pre-built
+    request and reads its answer (a status line, headers with ``content-length``, body)."""
+
+    def __init__(self, gen: _FixedRate) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.index = -1  # the request in flight, -1 when idle
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, index: int) -> None:
+        assert self.transport is not None
+        self.index = index
+        self.transport.write(self.gen.requests[index])
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0 or self.index < 0:  # chunked, or unasked for: not from our servers
+            assert self.transport is not None
+            self.transport.close()
+            return
+        line_end = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+        if len(buf) < end + 4 + length:
+            return
+        status = int(buf[9:12])
+        buf.clear()  # no pipelining: the answer was all there was
+        index, self.index = self.index, -1
+        self.gen.answered(self, index, status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost(self)
+
+
+class _FixedRate:
+    """Sends ``requests[i]`` at ``t0 + i / rate`` over a pool of keep-alive connections
+    (a request finding none free waits in a queue) and records when each was launched
+    and answered."""
+
+    def __init__(self, host: str, port: int, requests: list[bytes], rate: float) -> None:
+        self.host, self.port = host, port
+        self.requests = requests
+        self.rate = rate
+        self.t0 = 0.0
+        count = len(requests)
+        self.launched = [math.nan] * count
+        self.done = [math.nan] * count  # nan: no answer (failed, or not in time)
+        self.status = [0] * count
+        self.finished = self.errors = 0
+        self.idle: list[_Connection] = []
+        self.waiting: deque[int] = deque()
+        self.connections: list[_Connection] = []
+        self.reconnects: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self.next = 0  # the next request to launch
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        self.connections.append(conn)
+        self._next(conn)
+
+    def _next(self, conn: _Connection) -> None:
+        if self.waiting:
+            conn.send(self.waiting.popleft())
+        else:
+            self.idle.append(conn)
+
+    def launch(self, index: int, now: float) -> None:
+        self.launched[index] = now
+        if self.idle:
+            self.idle.pop().send(index)
+        else:
+            self.waiting.append(index)
+
+    def answered(self, conn: _Connection, index: int, status: int) -> None:
+        self.done[index] = time.perf_counter()
+        self.status[index] = status
+        self.finished += 1
+        self._next(conn)
+
+    def lost(self, conn: _Connection) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        with contextlib.suppress(ValueError):
+            self.connections.remove(conn)
+        if conn.index >= 0:
+            self.errors += 1
+            conn.index = -1
+            self.finished += 1
+        if not self.closing:
+            task = asyncio.get_running_loop().create_task(self.connect())
+            self.reconnects.add(task)
+            task.add_done_callback(self.reconnects.discard)
+
+    async def run(self, connections: int) -> None:
+        """Send every request on its schedule, then wait for the last answers.
+
+        The loop polls: each turn launches the requests that are due and yields to the
+        event loop, which reads the sockets without blocking. uvloop's timers have a
+        resolution of 1 ms, and on this VM a process woken from sleep (a timer, or a
+        socket becoming readable) is often late by a millisecond or more at p99; a
+        generator that never sleeps is late by tens of µs at p99 on a core of its own.
+        """
+        for _ in range(connections):
+            await self.connect()
+        total, rate = len(self.requests), self.rate
+        perf = time.perf_counter
+        t0 = self.t0 = perf() + 0.05
+        deadline = math.inf
+        while self.finished < total:
+            now = perf()
+            if self.next < total:
+                due = min(total, math.floor((now - t0) * rate) + 1)
+                while self.next < due:
+                    self.launch(self.next, now)
+                    self.next += 1
+            elif deadline == math.inf:
+                deadline = now + LATENCY_DRAIN_S
+            elif now > deadline:
+                break
+            await asyncio.sleep(0)
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+def fixed_rate_loadgen(url: str, path: str, rate: float, warmup: float, connections: int) -> None:
+    """The fixed-rate generator (run as ``ingress.py --latency-worker``): sends every signed
+    request of ``path`` (``<signature> <body>`` lines) at ``rate`` per second over
+    ``connections`` keep-alive connections, on uvloop; prints a LATENCY line with the
+    latency percentiles of the requests scheduled after ``warmup`` seconds, the rate it
+    achieved and how late it launched them."""
+    import uvloop
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    requests = []
+    for line in Path(path).read_text().splitlines():
+        signature, _, body = line.partition(" ")
+        head = f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in provider_headers(signature))
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        requests.append(head.encode() + body.encode())
+    gen = _FixedRate(host, port, requests, rate)
+    gc.collect()
+    gc.freeze()  # no collection pauses in the generator: it allocates little meanwhile
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(gen.run(connections))
+
+    total = len(requests)
+    first = min(total, math.ceil(warmup * rate))  # the first request after the warm-up
+    latencies, lags = [], []
+    status_errors = 0
+    for i in range(first, total):
+        scheduled = gen.t0 + i / rate
+        lags.append(gen.launched[i] - scheduled)
+        # No answer (a failure, or none within the drain time) counts as infinitely late.
+        latencies.append(gen.done[i] - scheduled if gen.status[i] else math.inf)
+        if gen.status[i] and gen.status[i] != 200:
+            status_errors += 1
+    latencies.sort()
+    lags.sort()
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else math.nan
+
+    last = gen.launched[total - 1]
+    result = {
+        "rate": rate,
+        "achieved": (total - 1) / (last - gen.t0) if total > 1 and last > gen.t0 else rate,
+        "requests": total - first,
+        "sent": total,
+        "ok": sum(1 for x in gen.status if x == 200),  # warm-up included
+        "unanswered": sum(1 for x in latencies if x == math.inf),
+        "errors": gen.errors,
+        "status_errors": status_errors,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p90_ms": pct(latencies, 0.90) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "max_ms": pct(latencies, 1.0) * 1000,
+        "lag_p99_ms": pct(lags, 0.99) * 1000,
+        "lag_max_ms": pct(lags, 1.0) * 1000,
+    }
+    print("LATENCY " + json.dumps(result), flush=True)  # inf and nan as JSON's extensions
+
+
+@dataclass
+class LatencyResult:
+    name: str
+    rate: float  # asked for, requests/s
+    achieved: float  # the generator's send rate
+    requests: int  # measured: the ones scheduled after the warm-up
+    sent: int  # all, warm-up included
+    ok: int  # answered 200, warm-up included
+    unanswered: int
+    errors: int
+    status_errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    lag_p99_ms: float  # how late the generator launched requests (its own delay)
+    lag_max_ms: float
+    other_load: float | None = None
+
+    @property
+    def held(self) -> bool:
+        """Did the generator hold the rate? Otherwise the latencies are partly its own."""
+        return self.achieved >= 0.99 * self.rate and self.lag_p99_ms <= LAG_LIMIT_MS
+
+
+@dataclass
+class LatencyPair:
+    kind: str  # "relay" (vs direct) or "drop" (vs bare)
+    round: int
+    base: LatencyResult
+    gateway: LatencyResult
+
+
 # --- processes ------------------------------------------------------------------------------
 
 
@@ -426,6 +697,15 @@ def uvicorn_argv(factory: str, port: int) -> list[str]:
     ]
 
 
+def serve_app(procs: Processes, core: int | None, factory: str) -> tuple[int, int]:
+    """Start one of this module's apps (``factory``: ``make_bare_app``, ...) under uvicorn,
+    pinned to ``core``, and wait until it listens: (port, pid)."""
+    port = free_port()
+    pid = procs.start(factory, pinned(core, uvicorn_argv(factory, port)))
+    wait_listening(procs, pid, port)
+    return port, pid
+
+
 def gateway_config(workdir: Path, port: int, downstream_port: int, db: Path) -> Path:
     path = workdir / "gateway.toml"
     path.write_text(
@@ -493,6 +773,8 @@ class Bench:
     server_core: int | None
     load_core: int | None
     cleanup: list[Path] = field(default_factory=list)
+    round: int = 0
+    latencies: list[LatencyPair] = field(default_factory=list)
 
     def load(self, url: str, requests: Path, start: int, seconds: float) -> LoadResult:
         conns = self.args.connections
@@ -563,10 +845,47 @@ class Bench:
         return run
 
     def serve_app(self, factory: str) -> tuple[int, int]:
-        port = free_port()
-        pid = self.procs.start(factory, pinned(self.server_core, uvicorn_argv(factory, port)))
-        wait_listening(self.procs, pid, port)
-        return port, pid
+        return serve_app(self.procs, self.server_core, factory)
+
+    def latency_count(self, rate: float) -> int:
+        """How many requests a fixed-rate phase sends (warm-up included)."""
+        seconds: float = self.args.warmup + self.args.latency_duration
+        return math.ceil(rate * seconds)
+
+    def fixed_rate(
+        self, name: str, url: str, requests: Path, rate: float, pids: dict[str, int]
+    ) -> LatencyResult:
+        """One fixed-rate phase: every request of ``requests`` at ``rate`` per second,
+        from the load core; ``pids`` are our servers on the server core (the rest of
+        that core's use is ``other``)."""
+        argv = [sys.executable, str(Path(__file__).resolve()), "--latency-worker", url]
+        argv += [str(requests), repr(rate), repr(self.args.warmup), str(self.args.connections)]
+        core = self.server_core
+        before = sum(cpu_seconds(p) for p in pids.values())
+        busy_before, began = (core_busy(core) if core is not None else 0.0), time.monotonic()
+        out = subprocess.run(
+            pinned(self.load_core, argv),
+            capture_output=True,
+            text=True,
+            timeout=self.args.warmup + self.args.latency_duration + LATENCY_DRAIN_S + 120,
+            check=False,
+        )
+        busy_after, ended = (core_busy(core) if core is not None else 0.0), time.monotonic()
+        ours = sum(cpu_seconds(p) for p in pids.values()) - before
+        for pid in pids.values():
+            self.procs.check_alive(pid)
+        if out.returncode != 0:
+            raise RuntimeError(f"the latency generator failed:\n{out.stderr[-2000:]}")
+        for line in out.stdout.splitlines():
+            if line.startswith("LATENCY "):
+                d = json.loads(line[len("LATENCY ") :])
+                break
+        else:
+            raise RuntimeError(f"the latency generator printed no result:\n{out.stdout[-2000:]}")
+        other = None
+        if core is not None:
+            other = max(0.0, (busy_after - busy_before - ours) / (ended - began))
+        return LatencyResult(name=name, other_load=other, **d)
 
 
 def expect(what: str, got: tuple[int, bytes], body: bytes) -> None:
@@ -603,10 +922,14 @@ def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
         pid, db = serve_gateway(bench, gw_port, free_port())
         expect("gateway drop", post_one(signed_url, first), REJECT_TWIML)
         run = bench.measure("drop", signed_url, blocked, {"server": pid})
+        more = ""
+        if args.latency:
+            sent = latency_drop(bench, run, signed_url, pid)
+            more = f"; {sent} more, distinct, from the fixed-rate phases"
         procs.stop(pid)  # the store is flushed and closed before we count
         run.notes.append(
             f"drop: {quarantined(db)} events in quarantine after the run ({args.bodies} "
-            "distinct CallSids, cycled: a repeated one replaces its row)"
+            f"distinct CallSids, cycled: a repeated one replaces its row{more})"
         )
         results["drop"] = run
     if "direct" not in only and "relay" not in only:
@@ -632,7 +955,10 @@ def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
             "gateway relay", post_one(signed_url, relay.open().readline().rstrip("\n")), APP_TWIML
         )
         run = bench.measure("relay", signed_url, relay, {"gateway": pid, "app": down_pid}, 1)
-        procs.stop(pid)
+        if args.latency:
+            time.sleep(0.5)  # the gateway finishes the forwards of the requests wrk cut
+        else:
+            procs.stop(pid)
         forwarded = downstream_count(down_port) - before
         sent = run.load.next_index  # requests handed to wrk's sockets, warm-up included
         if sent > count:
@@ -642,8 +968,57 @@ def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
             "(warm-up and check included; requests cut at the end of a run make the gap)"
         )
         results["relay"] = run
+        if args.latency:
+            pids = {"gateway": pid, "app": down_pid}
+            latency_relay(bench, run, (app_url, signed_url), down_port, pids)
+            procs.stop(pid)
     procs.stop(down_pid)
     return results
+
+
+def latency_drop(bench: Bench, run: RunResult, signed_url: str, gateway_pid: int) -> int:
+    """At half the drop run's requests/s: the bare endpoint, then the gateway's drop path
+    (fresh CallSids, so that no drop repeats one of the throughput run's). Returns how
+    many requests each phase sent."""
+    rate = run.load.rps / 2
+    count = bench.latency_count(rate)
+    requests = bench.workdir / "drop-latency.txt"
+    write_requests(requests, signed_url, BLOCKED, count, 4)
+    bare_port, bare_pid = bench.serve_app("make_bare_app")  # the gateway idles beside it
+    bare_url = f"http://127.0.0.1:{bare_port}{HOOK_PATH}"
+    pids = {"bare": bare_pid, "gateway": gateway_pid}
+    base = bench.fixed_rate("bare", bare_url, requests, rate, pids)
+    bench.procs.stop(bare_pid)
+    gateway = bench.fixed_rate("drop", signed_url, requests, rate, {"gateway": gateway_pid})
+    bench.latencies.append(LatencyPair("drop", bench.round, base, gateway))
+    for r in (base, gateway):
+        if r.ok != r.sent:
+            run.notes.append(f"{r.name} at a fixed rate: {r.ok} of {r.sent} answered 200")
+    return count
+
+
+def latency_relay(
+    bench: Bench, run: RunResult, urls: tuple[str, str], down_port: int, pids: dict[str, int]
+) -> None:
+    """At half the relay run's requests/s: the downstream app directly, then through the
+    gateway (fresh CallSids: a repeated one would be answered from the record)."""
+    app_url, signed_url = urls
+    rate = run.load.rps / 2
+    count = bench.latency_count(rate)
+    requests = bench.workdir / "relay-latency.txt"
+    write_requests(requests, signed_url, ALLOWED, count, 5)
+    base = bench.fixed_rate("direct", app_url, requests, rate, pids)
+    before = downstream_count(down_port)
+    gateway = bench.fixed_rate("relay", signed_url, requests, rate, pids)
+    forwarded = downstream_count(down_port) - before
+    for r in (base, gateway):
+        if r.ok != r.sent:
+            run.notes.append(f"{r.name} at a fixed rate: {r.ok} of {r.sent} answered 200")
+    if forwarded != count:
+        run.notes.append(
+            f"relay at a fixed rate: the app received {forwarded} forwards for {count} requests"
+        )
+    bench.latencies.append(LatencyPair("relay", bench.round, base, gateway))
 
 
 def serve_gateway(bench: Bench, port: int, downstream_port: int) -> tuple[int, Path]:
@@ -700,6 +1075,17 @@ def filesystem(path: Path) -> str:
     return kind
 
 
+def machine_line() -> str:
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}"
+    )
+
+
+def versions_line(names: Sequence[str]) -> str:
+    return "versions: " + ", ".join(f"{n} {package_version(n)}" for n in names)
+
+
 def wrk_version() -> str:
     out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     return (out.stdout or out.stderr).split("Copyright")[0].strip()
@@ -719,17 +1105,8 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
     a = bench.args
     results = best_of(rounds)
     print()
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cores; {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}"
-    )
-    print(
-        "versions: "
-        + ", ".join(
-            f"{n} {package_version(n)}"
-            for n in ("starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "sendergate")
-        )
-    )
+    print(machine_line())
+    print(versions_line(("starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "sendergate")))
     gen = wrk_version() if bench.loadgen == "wrk" else "Python aiohttp generator (slower)"
     cores = (
         f"servers on core {bench.server_core}, load on core {bench.load_core}"
@@ -793,11 +1170,62 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
         "(the gateway and the app together for the relay), which other load on the "
         "machine disturbs less"
     )
+    if bench.latencies:
+        report_latency(bench)
     notes = [n for x in rounds for r in x.values() for n in r.notes]
     if notes:
         print()
         for note in dict.fromkeys(notes):
             print("note: " + note)
+
+
+def report_latency(bench: Bench) -> None:
+    a = bench.args
+    print()
+    print(
+        f"latency at a fixed rate R = half of the gateway run's req/s (open loop: request i "
+        f"is sent at t0 + i/R whatever the answers and timed from then); {a.warmup:g} s "
+        f"warm-up + {a.latency_duration:g} s measured; Python uvloop generator on core "
+        f"{bench.load_core}, {a.connections} keep-alive connections"
+    )
+    head = (
+        f"{'run':<33}{'R/s':>7}{'sent/s':>8}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
+        f"{'max ms':>8}{'failed':>7}  {'gen. lag p99/max ms':<20}{'other':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for pair in bench.latencies:
+        if len(bench.latencies) > 2:
+            print(f"round {pair.round}")
+        for r in (pair.base, pair.gateway):
+            failed = r.unanswered + r.status_errors
+            lag = f"{r.lag_p99_ms:.2f} / {r.lag_max_ms:.2f}"
+            other = "-" if r.other_load is None else f"{r.other_load:.0%}"
+            print(
+                f"{LABELS[r.name]:<33}{r.rate:>7,.0f}{r.achieved:>8,.0f}{r.p50_ms:>8.2f}"
+                f"{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}{r.max_ms:>8.2f}{failed:>7}  {lag:<20}{other:>6}"
+            )
+        what = "relay vs direct" if pair.kind == "relay" else "drop vs bare"
+        behind = [r.name for r in (pair.base, pair.gateway) if not r.held]
+        if behind:
+            print(
+                f"added by the gateway ({what}): not measured: the generator did not hold "
+                f"the rate in {', '.join(behind)} (sent/s under 99 % of R, or launch lag "
+                f"p99 over {LAG_LIMIT_MS} ms): those latencies are partly its own"
+            )
+            continue
+        p50 = pair.gateway.p50_ms - pair.base.p50_ms
+        p99 = pair.gateway.p99_ms - pair.base.p99_ms
+        verdict = "ok" if p99 < 5.0 else "OVER"
+        print(
+            f"added by the gateway ({what}): p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"(goal p99 < 5 ms): {verdict}"
+        )
+    print(
+        "failed: no answer (connection lost, or none within "
+        f"{LATENCY_DRAIN_S:g} s) or not 200, counted as infinitely late; gen. lag: how late "
+        "the generator itself launched requests; added: difference of the percentiles"
+    )
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -843,6 +1271,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="info",
         help="sendergate serve --log-level: info (the default) writes one line per event",
     )
+    p.add_argument(
+        "--no-latency",
+        dest="latency",
+        action="store_false",
+        help="skip the fixed-rate latency phases that follow the drop and relay runs",
+    )
+    p.add_argument(
+        "--latency-duration",
+        type=float,
+        default=10.0,
+        help="measured seconds of each fixed-rate phase (at half the gateway run's req/s)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
     return p.parse_args(argv)
 
@@ -851,6 +1291,10 @@ def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["--loadgen-worker"]:
         url, path, start, seconds, conns = argv[1:6]
         python_loadgen(url, path, int(start), float(seconds), int(conns))
+        return 0
+    if argv[:1] == ["--latency-worker"]:
+        url, path, rate, warmup, conns = argv[1:6]
+        fixed_rate_loadgen(url, path, float(rate), float(warmup), int(conns))
         return 0
     args = parse_args(argv)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -877,6 +1321,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         rounds: list[dict[str, RunResult]] = []
         for n in range(args.rounds):
+            bench.round = n + 1
             print(
                 f"round {n + 1}/{args.rounds}: {', '.join(only)} "
                 f"({args.warmup:g} + {args.duration:g} s each)...",
