@@ -98,12 +98,13 @@ APP_TWIML = f"{XML_DECL}<Response><Say>Thanks for calling.</Say></Response>".enc
 IDEMPOTENCY_TOKEN = "00000000-0000-4000-8000-000000000000"  # noqa: S105 - not a secret
 TWILIO_USER_AGENT = "TwilioProxy/1.1"
 
-RUN_NAMES = ("bare", "drop", "direct", "relay")
+RUN_NAMES = ("bare", "drop", "direct", "relay", "split")
 LABELS = {
     "bare": "(a) bare Starlette form endpoint",
     "drop": "(b) gateway, drop path",
     "direct": "(d) downstream app, direct",
     "relay": "(c) gateway, relay path to (d)",
+    "split": "(e) relay, app on the load core",
 }
 
 
@@ -973,7 +974,32 @@ def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
             latency_relay(bench, run, (app_url, signed_url), down_port, pids)
             procs.stop(pid)
     procs.stop(down_pid)
+    if "split" in only:
+        results["split"] = run_split(bench, gw_port, signed_url, results.get("direct"))
     return results
+
+
+def run_split(bench: Bench, gw_port: int, signed_url: str, direct: RunResult | None) -> RunResult:
+    """(e): the relay with the gateway alone on the server core and the app beside the
+    load generator on the other, as when the application runs elsewhere: the gateway's
+    own cost per relayed event then bounds the rate. Its CPU is compared with the app's
+    own (d)."""
+    args = bench.args
+    down_port, down_pid = serve_app(bench.procs, bench.load_core, "make_downstream_app")
+    ceiling = direct.load.rps if direct is not None else 20_000.0
+    count = max(args.bodies, int(ceiling * (args.warmup + args.duration) * 1.5) + 1000)
+    requests = bench.workdir / "split.txt"
+    write_requests(requests, signed_url, ALLOWED, count, 6)
+    pid, _ = serve_gateway(bench, gw_port, down_port)
+    expect(
+        "gateway relay (split)",
+        post_one(signed_url, requests.open().readline().rstrip("\n")),
+        APP_TWIML,
+    )
+    run = bench.measure("split", signed_url, requests, {"gateway": pid}, 1)
+    bench.procs.stop(pid)
+    bench.procs.stop(down_pid)
+    return run
 
 
 def latency_drop(bench: Bench, run: RunResult, signed_url: str, gateway_pid: int) -> int:
@@ -1152,6 +1178,7 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
             0.75,
         ),
         ("relay", "direct", "relay path / downstream direct", None, "issue 8: >= 0.50", 0.5),
+        ("split", "direct", "relay, app elsewhere / direct", "gateway", "(e): >= 0.50", 0.5),
     ):
         if num not in results or den not in results:
             continue
