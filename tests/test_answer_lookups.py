@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from gateway.errors import StoreUnavailable
 from gateway.pipeline import AnswerLookups
 from gateway.store.base import EventRecord, StoredAnswer
 from gateway.store.sqlite import SQLiteStore
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+from tests.records import event_record
 
 
 class CountingStore(SQLiteStore):
@@ -42,32 +40,8 @@ class CountingStore(SQLiteStore):
 
 
 def _delivered(event_id: str, body: bytes) -> EventRecord:
-    return EventRecord(
-        id=event_id,
-        source="twilio",
-        provider="twilio",
-        channel="voice",
-        provider_event_id=event_id,
-        sender="+14155550111",
-        envelope_sender=None,
-        recipient="+14155550100",
-        verdict="deliver",
-        rule=None,
-        reason="mode_default",
-        mode="blacklist",
-        would_drop=False,
-        unauthenticated_allow=False,
-        outcome="forwarded",
-        received_at=T0,
-        method="POST",
-        path="/hooks/twilio",
-        query="",
-        content_type="application/x-www-form-urlencoded",
-        headers=(),
-        body=b"CallSid=" + event_id.encode(),
-        response_status=200,
-        response_content_type="text/xml",
-        response_body=body,
+    return event_record(
+        event_id, response_status=200, response_content_type="text/xml", response_body=body
     )
 
 

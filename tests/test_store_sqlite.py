@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import closing
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, NewRule, Rule
 from gateway.store.base import EventRecord, RuleFilter
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, _delivered_answers
+from tests.records import event_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,29 +46,8 @@ def _rule(match_target: str) -> NewRule:
 
 
 def _event(event_id: str, outcome: str) -> EventRecord:
-    return EventRecord(
-        id=event_id,
-        source="generic",
-        provider="generic",
-        channel="sms",
-        provider_event_id=event_id,
-        sender="+14155550111",
-        envelope_sender=None,
-        recipient="+14155550100",
-        verdict="drop" if outcome == "quarantined" else "deliver",
-        rule=None,
-        reason="mode_default",
-        mode="blacklist",
-        would_drop=False,
-        unauthenticated_allow=False,
-        outcome=outcome,
-        received_at=datetime(2025, 3, 4, tzinfo=UTC),
-        method="POST",
-        path="/hooks/generic",
-        query="",
-        content_type="application/json",
-        headers=(),
-        body=b"{}",
+    return event_record(
+        event_id, outcome=outcome, verdict="drop" if outcome == "quarantined" else "deliver"
     )
 
 

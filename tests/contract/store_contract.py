@@ -40,10 +40,13 @@ from gateway.store.base import (
     Store,
     StoredAnswer,
 )
+from tests.records import NUMBER as RECORDS_NUMBER
+from tests.records import T0 as RECORDS_T0
+from tests.records import event_record
 
-T0 = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+T0 = RECORDS_T0
 MAILBOX = "support@acme.example"
-NUMBER = "+14155550100"
+NUMBER = RECORDS_NUMBER
 
 
 def _target(
@@ -82,31 +85,7 @@ def _rule(
 
 
 def _event(event_id: str, received_at: datetime = T0, **changes: Any) -> EventRecord:
-    event = EventRecord(
-        id=event_id,
-        source="twilio-main",
-        provider="twilio",
-        channel="sms",
-        provider_event_id=f"SM{event_id}",
-        sender="+14155550111",
-        envelope_sender=None,
-        recipient=NUMBER,
-        verdict="deliver",
-        rule=None,
-        reason="mode_default",
-        mode="blacklist",
-        would_drop=False,
-        unauthenticated_allow=False,
-        outcome="forwarded",
-        received_at=received_at,
-        method="POST",
-        path="/hooks/twilio-main",
-        query="",
-        content_type="application/x-www-form-urlencoded",
-        headers=(("content-type", "application/x-www-form-urlencoded"),),
-        body=b"From=%2B14155550111&Body=hi",
-    )
-    return dataclasses.replace(event, **changes)
+    return event_record(event_id, received_at, **changes)
 
 
 def _is_aware_utc(value: datetime) -> bool:
