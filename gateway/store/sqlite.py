@@ -264,12 +264,13 @@ _EVENT_COLUMNS: Final = ", ".join(_EVENT_FIELDS)
 # Insert or replace by id, except that a delivered record (its answer is what a retry is
 # answered with) is never replaced by an undelivered one: two replicas can both handle a
 # provider's retries of one event, and their record writes may land in either order.
+_DELIVERED_SQL: Final = ", ".join(f"'{o}'" for o in DELIVERED_OUTCOMES)
 _PUT_EVENT_SQL: Final = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(_EVENT_FIELDS))})"  # noqa: S608
     " ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _EVENT_FIELDS if c != "id")
-    + " WHERE events.outcome NOT IN ('forwarded', 'released')"
-    " OR excluded.outcome IN ('forwarded', 'released')"
+    + f" WHERE events.outcome NOT IN ({_DELIVERED_SQL})"
+    + f" OR excluded.outcome IN ({_DELIVERED_SQL})"
 )
 
 # Fields a PATCH may change (SPEC §3, §6); anything else is a programming error, since
