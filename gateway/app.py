@@ -33,6 +33,7 @@ from gateway.http.problems import (
     http_exception_handler,
     unexpected_error_handler,
 )
+from gateway.journal import Journal, journal_dir, replay
 from gateway.metrics import Metrics, metrics_endpoint
 from gateway.models import ORG_MAIL, ORG_PHONE, NewRule, Target
 from gateway.pipeline import CertCache, Pipeline
@@ -43,6 +44,7 @@ from gateway.settings import RuleDecl, Settings
 from gateway.snapshot import SnapshotHolder
 from gateway.store import PushesInvalidations, Store, open_store
 from gateway.store.base import NewAudit
+from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("sendergate")
 
@@ -327,7 +329,8 @@ def create_app(
         for name, source in settings.sources.items()
     }
     forwarder = Forwarder(settings.forward.signing_secret, clock=clock)
-    recorder = Recorder(the_store)
+    journal = _journal(the_store, settings)
+    recorder = Recorder(the_store, journal=journal)
     # Contact counts and per-sender rate limits of the hot path (gateway.contacts,
     # gateway.ratelimit), and the Prometheus metrics (one registry per app).
     contact_tracker = ContactTracker()
@@ -364,6 +367,7 @@ def create_app(
         metrics.snapshot_reloads.inc(snapshot.reloads - reloads_seen[0])
         reloads_seen[0] = snapshot.reloads
         metrics.buffered.set(recorder.pending)
+        metrics.journaled.set(recorder.journaled)
         metrics.buffer_overflow.set(recorder.overflowed)
 
     metrics.on_scrape(refresh_gauges)
@@ -378,6 +382,11 @@ def create_app(
         if settings.sources and settings.forward.signing_secret is None:
             log.warning("[forward] signing_secret is not set: forwarded webhooks are unsigned")
         await the_store.open()
+        if journal is not None:
+            # This process's segment first, then what dead processes left (a crash,
+            # kill -9): written to the store before the first webhook is taken.
+            journal.open()
+            await replay(journal, the_store)
         await forwarder.start()
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -415,6 +424,7 @@ def create_app(
             await _cancel_all(tasks)
             with contextlib.suppress(GatewayError):
                 await recorder.flush()
+            await recorder.close_journal()
             with contextlib.suppress(GatewayError):
                 await contact_tracker.flush(the_store)
             if recorder.pending:  # the store is unreachable: say what is lost, and how much
@@ -448,6 +458,17 @@ def create_app(
     )
     app.state.gw = state
     return app
+
+
+def _journal(store: Store, settings: Settings) -> Journal | None:
+    """The quarantine journal (``gateway.journal``): for a SQLite store on a file, unless
+    ``[store] quarantine_journal = false``. Redis replicas write drops to Redis directly
+    (no checkpoint stalls there, and a replica's local disk may not outlive it)."""
+    if not settings.store.quarantine_journal or not isinstance(store, SQLiteStore):
+        return None
+    if store.path == ":memory:" or store.path.startswith("file:"):
+        return None
+    return Journal(journal_dir(store.path))
 
 
 def app_from_env() -> Starlette:

@@ -147,6 +147,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.journaled = Gauge(
+            "sendergate_journaled_events",
+            "Quarantine records in the local journal, not yet in the store",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.buffer_overflow = Gauge(
             "sendergate_buffer_overflow",
             "Records dropped because the write buffer was full",

@@ -1,11 +1,14 @@
 """Writes events and rule hit counters without making providers wait on the store.
 
 * ``write_now`` is for quarantine: a dropped event is stored *before* its answer is sent
-  (SPEC §4), in one local write. Writes are group-committed: while one transaction is
-  in flight, the drops that arrive queue up and go together in the next one, so that
-  under load N drops cost one commit instead of N (each caller still returns only once
-  its own events are committed, and gets the store's error if that commit failed). An
-  idle gateway writes after one turn of the event loop: nothing waits for a batch to fill.
+  (SPEC §4), in one local write. With a journal (``gateway.journal``, the SQLite store's
+  default) that write is one append to this process's journal file, and a background
+  task moves the journaled records into the store in batches (``settle`` waits for it).
+  Without one, writes are group-committed: while one transaction is in flight, the drops
+  that arrive queue up and go together in the next one, so that under load N drops cost
+  one commit instead of N (each caller still returns only once its own events are
+  committed, and gets the store's error if that commit failed). An idle gateway writes
+  after one turn of the event loop: nothing waits for a batch to fill.
 * ``add`` buffers every other record (forwarded, forward_failed, passthrough); a background
   task flushes the buffer in one transaction every ``flush_interval_s`` or when it holds
   ``max_batch`` items.
@@ -23,6 +26,7 @@ import logging
 from datetime import datetime
 
 from gateway.errors import StoreUnavailable
+from gateway.journal import Journal
 from gateway.store.base import EventRecord, Store
 
 log = logging.getLogger("sendergate.recorder")
@@ -37,6 +41,7 @@ class Recorder:
         max_batch: int = 500,
         max_buffer: int = 100_000,
         linger_turns: int = 4,
+        journal: Journal | None = None,
     ) -> None:
         self._store = store
         self._interval = flush_interval_s
@@ -51,6 +56,13 @@ class Recorder:
         self._urgent: list[tuple[list[EventRecord], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._linger_turns = linger_turns
+        # Journaled quarantine records not yet in the store, oldest first (the journal's
+        # append order), and the task that moves them there.
+        self._journal = journal
+        self._journaled: list[EventRecord] = []
+        self._journal_writer: asyncio.Task[None] | None = None
+        self._journal_progress = asyncio.Event()  # set (and replaced) after each commit
+        self._journal_failing = False
         self.commits = 0  # transactions write_now made (fewer than calls under load)
         self.overflowed = 0
         self.flush_errors = 0
@@ -65,8 +77,22 @@ class Recorder:
             self._wake.set()
 
     async def write_now(self, events: list[EventRecord]) -> None:
-        """Store ``events`` now; return once they are committed (raise if they are not)."""
+        """Store ``events`` now; return once they are committed, or journaled (raise if
+        neither)."""
         loop = asyncio.get_running_loop()
+        if self._journal is not None and len(self._journaled) < self._max_buffer:
+            try:
+                self._journal.append(events)
+            except OSError as exc:  # disk full, say: the store itself is tried below
+                if not self._journal_failing:
+                    log.warning("quarantine journal not writable, writing to the store: %s", exc)
+                self._journal_failing = True
+            else:
+                self._journal_failing = False
+                self._journaled.extend(events)
+                if self._journal_writer is None:
+                    self._journal_writer = loop.create_task(self._write_journaled())
+                return
         done: asyncio.Future[None] = loop.create_future()
         self._urgent.append((events, done))
         if self._writer is None:
@@ -119,13 +145,99 @@ class Recorder:
         for _, done in batch:
             _settle(done, None)
 
+    async def _write_journaled(self) -> None:
+        """Move journaled records into the store, oldest first, one transaction per batch.
+        While a transaction is in flight the next batch gathers, so batches grow with the
+        load. A store outage is retried every ``flush_interval_s``; the records are safe in
+        the journal meanwhile."""
+        assert self._journal is not None
+        try:
+            while self._journaled:
+                await asyncio.sleep(0)  # the drops of this loop turn join the batch
+                batch = self._journaled[: self._max_batch]
+                try:
+                    await self._store.put_events(batch)
+                except StoreUnavailable as exc:
+                    self.flush_errors += 1
+                    if not self.deferring:
+                        log.warning("quarantine records wait in the journal: %s", exc)
+                    self.deferring = True
+                    await asyncio.sleep(self._interval)
+                    continue
+                except Exception:
+                    # Not an outage but something a record did (a bug): store the others
+                    # one by one; what the store refuses is logged and left behind.
+                    log.exception("quarantine batch refused by the store, retrying singly")
+                    if not await self._put_singly(batch):
+                        await asyncio.sleep(self._interval)
+                        continue
+                if self.deferring:
+                    log.info("store reachable again: journaled quarantine records written")
+                    self.deferring = False
+                self.commits += 1
+                del self._journaled[: len(batch)]
+                self._journal.committed(len(batch))
+                progress, self._journal_progress = self._journal_progress, asyncio.Event()
+                progress.set()
+        finally:
+            self._journal_writer = None
+
+    async def _put_singly(self, batch: list[EventRecord]) -> bool:
+        """False when the store became unreachable meanwhile (the batch is tried again)."""
+        for event in batch:
+            try:
+                await self._store.put_events([event])
+            except StoreUnavailable:
+                return False
+            except Exception:
+                log.exception("quarantine record %s refused by the store: lost", event.id)
+        return True
+
+    async def settle(self, timeout_s: float = 2.0) -> None:
+        """Wait until the quarantine records journaled before this call are in the store
+        (read-your-writes for the admin API), or ``timeout_s`` at most (an outage)."""
+        journal = self._journal
+        if journal is None or not self._journaled:
+            return
+        target = journal.appended
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while journal.committed_count < target and self._journal_writer is not None:
+                    await self._journal_progress.wait()
+
+    async def close_journal(self) -> None:
+        """At shutdown: write what is journaled (one try), then close the journal; what
+        the store did not take stays in the journal file for the next start."""
+        journal, writer = self._journal, self._journal_writer
+        if journal is None:
+            return
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        if self._journaled:
+            try:
+                await self._store.put_events(self._journaled)
+            except Exception as exc:
+                log.error("shutdown: journaled quarantine records not written: %s", exc)
+            else:
+                journal.committed(len(self._journaled))
+                self._journaled = []
+        journal.close()
+
     def hit(self, rule_id: int, at: datetime) -> None:
         count, _ = self._hits.get(rule_id, (0, at))
         self._hits[rule_id] = (count + 1, at)
 
     @property
     def pending(self) -> int:
+        """Records and hit counts that would be lost if the process ended now (journaled
+        quarantine records are not: the next start replays them)."""
         return len(self._events) + len(self._hits)
+
+    @property
+    def journaled(self) -> int:
+        return len(self._journaled)
 
     async def flush(self) -> None:
         async with self._flush_lock:

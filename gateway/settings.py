@@ -62,6 +62,10 @@ class StoreSettings:
     # Reload only the scopes a change touched (gateway.snapshot); false reloads and
     # compiles every rule on each change (for comparison, or to rule the feature out).
     incremental_reload: bool = True
+    # SQLite: a drop is stored by one append to a local journal file and moved into the
+    # database in the background (gateway.journal); false makes each drop wait for its
+    # commit instead (docs/performance.md, "Latency at half load").
+    quarantine_journal: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +492,7 @@ def _store(t: _Table) -> StoreSettings:
         "event_retention_days",
         "key_prefix",
         "incremental_reload",
+        "quarantine_journal",
     )
     d = StoreSettings()
     url = t.secret("url") or d.url  # a Redis password may come from the environment
@@ -531,6 +536,7 @@ def _store(t: _Table) -> StoreSettings:
         event_retention_days=t.integer("event_retention_days", d.event_retention_days),
         key_prefix=d.key_prefix if prefix is None else prefix,
         incremental_reload=t.flag("incremental_reload", d.incremental_reload),
+        quarantine_journal=t.flag("quarantine_journal", d.quarantine_journal),
     )
 
 

@@ -12,9 +12,10 @@ from starlette.routing import BaseRoute, Route
 from gateway import normalise
 from gateway.errors import Conflict, NotFound, UpstreamError
 from gateway.http.admin import iso, json_response
-from gateway.http.context import get_state
+from gateway.http.context import AppState, get_state
 from gateway.http.validate import Field, validate_query
 from gateway.pipeline import Pipeline
+from gateway.recorder import Recorder
 from gateway.store.base import EventFilter, EventRecord
 
 EVENTS_QUERY = {
@@ -72,6 +73,15 @@ def event_json(ev: EventRecord, *, full: bool = False) -> dict[str, Any]:
     return out
 
 
+async def _settled(state: AppState) -> None:
+    """Read-your-writes: the drops this process answered are in the store before it is
+    read (journaled records move there within milliseconds; see gateway.journal). Drops
+    answered by other workers or replicas show as soon as their own process wrote them."""
+    recorder = state.extras.get("recorder")
+    if isinstance(recorder, Recorder):
+        await recorder.settle()
+
+
 def _normalise_party(raw: str, region: str) -> str:
     if "@" in raw:
         return normalise.normalise_email(raw).value
@@ -94,6 +104,7 @@ async def list_events(request: Request) -> Response:
         sender=_normalise_party(q["sender"], region) if "sender" in q else None,
         since=q.get("since"),
     )
+    await _settled(state)
     items, cursor = await state.store.list_events(
         flt, cursor=q.get("cursor"), limit=int(q.get("limit", 50))
     )
@@ -103,6 +114,7 @@ async def list_events(request: Request) -> Response:
 async def _event(request: Request) -> EventRecord:
     state = get_state(request)
     who = state.keys.authenticate(request)
+    await _settled(state)
     found = await state.store.get_event(request.path_params["event_id"])
     if found is None:
         raise NotFound(f"no event {request.path_params['event_id']}")

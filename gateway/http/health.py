@@ -54,11 +54,13 @@ async def readyz(request: Request) -> Response:
             checks["snapshot"]["refresh_error"] = state.snapshot.last_error
     recorder = state.extras.get("recorder")
     if isinstance(recorder, Recorder):
-        # Informational: what waits to be written (e.g. while the store is down) and what
-        # was lost because the buffer was full. Buffering is not a reason to be unready.
+        # Informational: what waits to be written (e.g. while the store is down), what
+        # was lost because the buffer was full, and quarantine records that are in the
+        # journal but not yet in the store. Buffering is not a reason to be unready.
         checks["recorder"] = {
             "status": "ok",
             "pending": recorder.pending,
+            "journaled": recorder.journaled,
             "overflowed": recorder.overflowed,
         }
     body = {"status": "ok" if ready else "failing", "checks": checks}

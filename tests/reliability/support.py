@@ -121,12 +121,13 @@ class ServeProcess:
         return answer
 
     def settled(self) -> bool:
-        """Ready, and nothing waits in its write buffer."""
+        """Ready, and nothing waits in its write buffer or its quarantine journal."""
         try:
             ready = self.readyz()
         except httpx.TransportError:
             return False
-        return bool(ready["status"] == "ok" and ready["checks"]["recorder"]["pending"] == 0)
+        recorder = ready["checks"]["recorder"]
+        return bool(ready["status"] == "ok" and recorder["pending"] == recorder["journaled"] == 0)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait; the exit status (-15 when it ended by the signal)."""

@@ -1,0 +1,326 @@
+"""The quarantine journal (``gateway.journal``) and the recorder on top of it: a drop is
+durable once one append returns, moves into the store in the background, and what a
+process left behind is replayed by the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from gateway import journal as jn
+from gateway.journal import Journal, replay
+from gateway.recorder import Recorder
+from gateway.store import Store
+from gateway.store.base import EventRecord
+from gateway.store.sqlite import SQLiteStore
+from tests.records import event_record
+from tests.test_recorder import CountingStore
+
+
+def drop(event_id: str, **changes: object) -> EventRecord:
+    fields: dict[str, Any] = {
+        "verdict": "drop",
+        "outcome": "quarantined",
+        "rule": 7,
+        "reason": "rule",
+        **changes,
+    }
+    return event_record(event_id, **fields)
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*" + jn.SUFFIX))
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(str(tmp_path / "gw.db"), busy_timeout=0.1)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# --- one record, one line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        drop("plain"),
+        drop(
+            "everything",
+            body=b"\x00\xff\n binary, not UTF-8",
+            headers=(("x-dup", "1"), ("X-Dup", "2"), ("x-caf\u00e9", "\u2603")),
+            envelope_sender="bounce@example.org",
+            forward_url="http://127.0.0.1:9/app",
+            forward_status=200,
+            response_status=200,
+            response_content_type="text/xml",
+            response_body=b"<Response/>\n",
+            extra={"auth": {"dkim": "pass", "spf": None}, "n\u00e4me": [1, 2.5, True]},
+            received_at=datetime(2026, 3, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+            provider_event_id=None,
+        ),
+        drop("empty-body", body=b"", response_body=b""),
+    ],
+    ids=lambda r: r.id,
+)
+def test_a_record_survives_its_line(record: EventRecord) -> None:
+    line = jn.encode(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert jn.decode(line) == record
+
+
+def test_a_torn_last_line_is_skipped_and_counted() -> None:
+    data = jn.encode(drop("a")) + jn.encode(drop("b")) + jn.encode(drop("c"))[:57]
+    records, bad = jn.read_segment(data)
+    assert [r.id for r in records] == ["a", "b"]
+    assert bad == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"not json", b"[1, 2]", b'{"v": 99, "id": "x"}', b'{"v": 1, "id": "x"}'],
+)
+def test_what_is_not_a_record_is_a_value_error(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        jn.decode(line)
+
+
+# --- this process's segments -----------------------------------------------------------------
+
+
+def test_an_append_is_in_the_file_and_a_full_commit_empties_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    [segment] = segments(tmp_path / "j")
+    journal.append([drop("a"), drop("b")])
+    journal.append([drop("c")])
+    assert [r.id for r in jn.read_segment(segment.read_bytes())[0]] == ["a", "b", "c"]
+    journal.committed(2)  # "c" is still only here
+    assert lines(segment) == 3
+    journal.committed(1)
+    assert segment.read_bytes() == b""
+    journal.append([drop("d")])  # appends start again at the front
+    assert [r.id for r in jn.read_segment(segment.read_bytes())[0]] == ["d"]
+    journal.committed(1)
+    journal.close()
+    assert segments(tmp_path / "j") == []
+
+
+def test_a_full_segment_is_sealed_and_deleted_once_the_store_has_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", segment_bytes=1)  # every append after the first rotates
+    journal.open()
+    for name in "abc":
+        journal.append([drop(name)])
+    files = segments(tmp_path / "j")
+    assert len(files) == 3 and sum(lines(f) for f in files) == 3
+    journal.committed(1)  # "a": its segment goes
+    assert len(segments(tmp_path / "j")) == 2
+    journal.committed(2)
+    [current] = segments(tmp_path / "j")
+    assert current.read_bytes() == b""
+
+
+def test_close_keeps_what_the_store_does_not_have(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    journal.append([drop("a"), drop("b")])
+    journal.committed(1)
+    journal.close()
+    [left] = segments(tmp_path / "j")
+    assert [r.id for r in jn.read_segment(left.read_bytes())[0]] == ["a", "b"]
+
+
+# --- recovery --------------------------------------------------------------------------------
+
+
+def test_recovery_takes_dead_segments_and_leaves_live_ones(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    live = Journal(directory)  # a running worker: its segments stay locked
+    live.open()
+    live.append([drop("live")])
+    directory.joinpath(f"4242-dead{jn.SUFFIX}").write_bytes(
+        jn.encode(drop("x")) + jn.encode(drop("y"))
+    )
+    directory.joinpath(".4243-never-renamed.tmp").write_bytes(b"")
+    directory.joinpath("notes.txt").write_text("not a segment")
+
+    starting = Journal(directory)
+    starting.open()
+    [found] = starting.recover()
+    assert found.path.name == f"4242-dead{jn.SUFFIX}"
+    assert [r.id for r in found.records] == ["x", "y"] and found.unreadable == 0
+    assert not directory.joinpath(".4243-never-renamed.tmp").exists()
+    assert starting.recover() == []  # held by the first recovery until discarded
+    Journal.discard(found)
+    assert not found.path.exists()
+    assert directory.joinpath("notes.txt").exists()
+    live_ids = [r.id for f in segments(directory) for r in jn.read_segment(f.read_bytes())[0]]
+    assert live_ids == ["live"]
+
+
+async def test_replay_writes_dead_segments_to_the_store(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    directory.joinpath(f"1-a{jn.SUFFIX}").write_bytes(
+        jn.encode(drop("r1")) + jn.encode(drop("r2")) + b'{"torn'
+    )
+    directory.joinpath(f"2-b{jn.SUFFIX}").write_bytes(jn.encode(drop("r3")))
+    journal = Journal(directory)
+    journal.open()
+    assert await replay(journal, sqlite_store, batch=1) == 3
+    for event_id in ("r1", "r2", "r3"):
+        assert await sqlite_store.get_event(event_id) == drop(event_id)
+    assert len(segments(directory)) == 1  # the replaying process's own
+
+
+async def test_replay_keeps_a_segment_the_store_does_not_take(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    dead = directory / f"1-a{jn.SUFFIX}"
+    dead.write_bytes(jn.encode(drop("r1")))
+    journal = Journal(directory)
+    journal.open()
+    counting = CountingStore(sqlite_store)
+    counting.outage = True
+    assert await replay(journal, cast(Store, counting)) == 0
+    assert dead.exists()
+    counting.outage = False
+    assert await replay(journal, cast(Store, counting)) == 1
+    assert not dead.exists()
+    assert await sqlite_store.get_event("r1") is not None
+
+
+async def test_replay_does_not_undo_a_release(tmp_path: Path, sqlite_store: SQLiteStore) -> None:
+    """A segment can hold a drop that reached the store and was released since: the
+    replayed quarantine record must not put it back in quarantine."""
+    released = drop("r1", outcome="released", response_status=200, response_body=b"ok")
+    await sqlite_store.put_events([released])
+    directory = tmp_path / "j"
+    directory.mkdir()
+    directory.joinpath(f"1-a{jn.SUFFIX}").write_bytes(jn.encode(drop("r1")))
+    journal = Journal(directory)
+    journal.open()
+    await replay(journal, sqlite_store)
+    assert await sqlite_store.get_event("r1") == released
+
+
+# --- the recorder on a journal ---------------------------------------------------------------
+
+
+async def test_a_drop_is_answered_while_the_database_is_locked(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    """Another process holds SQLite's write lock: write_now returns once the record is
+    in the journal, and the record reaches the store when the lock is gone."""
+    journal = Journal(tmp_path / "gw.db.quarantine")
+    journal.open()
+    recorder = Recorder(sqlite_store, journal=journal, flush_interval_s=0.02)
+    locker = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        await asyncio.wait_for(recorder.write_now([drop("d1")]), 5)
+        [segment] = segments(tmp_path / "gw.db.quarantine")
+        assert [r.id for r in jn.read_segment(segment.read_bytes())[0]] == ["d1"]
+        await asyncio.sleep(0.3)  # the background writer meets the lock (busy 0.1 s)
+        assert recorder.journaled == 1 and recorder.deferring
+        assert await sqlite_store.get_event("d1") is None
+    finally:
+        locker.rollback()
+        locker.close()
+    await recorder.settle(5)
+    assert await sqlite_store.get_event("d1") == drop("d1")
+    assert recorder.journaled == 0 and not recorder.deferring
+    assert segment.read_bytes() == b""
+    await recorder.close_journal()
+    assert segments(tmp_path / "gw.db.quarantine") == []
+
+
+async def test_drops_of_one_loop_turn_share_a_transaction(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    counting = CountingStore(sqlite_store, delay_s=0.05)
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    recorder = Recorder(cast(Store, counting), journal=journal)
+    for n in range(5):
+        await recorder.write_now([drop(f"a{n}")])
+    await asyncio.sleep(0.01)  # the first transaction is in flight; these gather meanwhile
+    for n in range(5):
+        await recorder.write_now([drop(f"b{n}")])
+    await recorder.settle(5)
+    assert counting.batches == [[f"a{n}" for n in range(5)], [f"b{n}" for n in range(5)]]
+    await recorder.close_journal()
+
+
+async def test_a_record_the_store_refuses_does_not_hold_up_the_others(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    counting = CountingStore(sqlite_store)
+    counting.poison = {"bad"}
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    recorder = Recorder(cast(Store, counting), journal=journal)
+    await recorder.write_now([drop("ok1"), drop("bad"), drop("ok2")])
+    await recorder.settle(5)
+    assert await sqlite_store.get_event("ok1") is not None
+    assert await sqlite_store.get_event("ok2") is not None
+    assert recorder.journaled == 0
+    await recorder.close_journal()
+
+
+async def test_without_a_writable_journal_the_drop_waits_for_the_store(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    recorder = Recorder(sqlite_store, journal=journal)
+    journal.close()  # appends fail from here on, as on a full disk
+    await recorder.write_now([drop("d1")])
+    assert recorder.journaled == 0
+    assert await sqlite_store.get_event("d1") == drop("d1")  # committed before it returned
+
+
+async def test_shutdown_in_an_outage_leaves_the_journal_for_the_next_start(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    counting = CountingStore(sqlite_store)
+    counting.outage = True
+    directory = tmp_path / "j"
+    first = Journal(directory)
+    first.open()
+    recorder = Recorder(cast(Store, counting), journal=first, flush_interval_s=0.01)
+    await recorder.write_now([drop("d1"), drop("d2")])
+    await asyncio.sleep(0.05)
+    await recorder.close_journal()
+    assert len(segments(directory)) == 1
+
+    second = Journal(directory)
+    second.open()
+    assert await replay(second, sqlite_store) == 2
+    assert await sqlite_store.get_event("d2") == drop("d2")
+    second.close()
+    assert segments(directory) == []
+
+
+def test_the_journal_sits_beside_the_database() -> None:
+    assert jn.journal_dir("/var/lib/sendergate/gw.db") == Path(
+        "/var/lib/sendergate/gw.db.quarantine"
+    )
