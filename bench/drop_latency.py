@@ -62,7 +62,7 @@ def signed_requests(count: int) -> list[tuple[list[tuple[bytes, bytes]], bytes]]
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="sendergate-droplat-"))
     db = work / "gateway.db"
-    config = ingress.gateway_config(work, PORT, 9, db)
+    config = ingress.gateway_config(work, PORT, 9, db, journal=args.journal)
     app = gateway_app.create_app(load_settings(str(config)))
     total = int(args.rate * (args.warmup + args.seconds))
     requests = signed_requests(total)
@@ -139,7 +139,8 @@ def report(
     size = f"{wal_bytes / 1e6:.1f} MB"
     print(
         f"drops at {args.rate:,.0f}/s for {args.seconds:g} s (after {args.warmup:g} s warm-up), "
-        f"in process on one core; autocheckpoint {'off' if args.no_autocheckpoint else 'on'}, "
+        f"in process on one core; journal {'on' if args.journal else 'off'}, "
+        f"autocheckpoint {'off' if args.no_autocheckpoint else 'on'}, "
         f"switch interval {sys.getswitchinterval() * 1000:g} ms"
     )
     print(
@@ -155,6 +156,12 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds left out of the figures")
     p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, in seconds")
     p.add_argument("--no-autocheckpoint", action="store_true", help="diagnosis: WAL grows")
+    p.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="[store] quarantine_journal = false: each drop waits for its SQLite commit",
+    )
     p.add_argument("--core", type=int, default=0, help="pin to this core (-1: do not pin)")
     args = p.parse_args(argv)
     if args.core >= 0 and hasattr(os, "sched_setaffinity"):

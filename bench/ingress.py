@@ -707,7 +707,9 @@ def serve_app(procs: Processes, core: int | None, factory: str) -> tuple[int, in
     return port, pid
 
 
-def gateway_config(workdir: Path, port: int, downstream_port: int, db: Path) -> Path:
+def gateway_config(
+    workdir: Path, port: int, downstream_port: int, db: Path, *, journal: bool = True
+) -> Path:
     path = workdir / "gateway.toml"
     path.write_text(
         f"""\
@@ -719,6 +721,7 @@ access_log = false
 
 [store]
 url = "sqlite:///{db}"
+quarantine_journal = {"true" if journal else "false"}
 
 [forward]
 signing_secret = "{WHSEC}"
@@ -1057,7 +1060,7 @@ def serve_gateway(bench: Bench, port: int, downstream_port: int) -> tuple[int, P
         store_dir = Path(tempfile.mkdtemp(prefix="sendergate-bench-", dir=bench.args.store_dir))
         bench.cleanup.append(store_dir)
     db = store_dir / "gateway.db"
-    config = gateway_config(workdir, port, downstream_port, db)
+    config = gateway_config(workdir, port, downstream_port, db, journal=bench.args.journal)
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
     argv += ["--log-level", bench.args.gateway_log_level]
     pid = bench.procs.start(f"gateway-{port}", pinned(bench.server_core, argv))
@@ -1309,6 +1312,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="measured seconds of each fixed-rate phase (at half the gateway run's req/s)",
+    )
+    p.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="[store] quarantine_journal = false: each drop waits for its SQLite commit",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
     return p.parse_args(argv)

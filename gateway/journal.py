@@ -14,11 +14,11 @@ power: the same promise as the SQLite store itself, which runs WAL with
 
 Files: one directory per store (``<database>.quarantine/``), one *segment* file per
 process at a time, named ``<pid>-<random>.jnl``, each held under an exclusive ``flock``
-for as long as its process lives. A segment is one JSON line per record. When every
-record a process appended is in the store, its segment is truncated to nothing; when a
-segment grows past ``segment_bytes`` under continuous load, the process starts a new one
-and deletes the old one once the store has all of it. So a journal holds, at any moment,
-little more than the records not yet committed.
+for as long as its process lives. A segment is a sequence of frames, one per record (see
+``encode``). When every record a process appended is in the store, its segment is
+truncated to nothing; when a segment grows past ``segment_bytes`` under continuous load,
+the process starts a new one and deletes the old one once the store has all of it. So a
+journal holds, at any moment, little more than the records not yet committed.
 
 Recovery: at start-up a process lists the directory and takes the lock of every segment
 it can. A segment whose lock is free belongs to a process that is gone; its records are
@@ -32,28 +32,25 @@ segment that its owner has not locked yet.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import dataclasses
 import fcntl
-import json
 import logging
+import marshal
 import os
 import secrets
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from gateway.store.base import EventRecord, Store
 
 log = logging.getLogger("sendergate.journal")
 
 SUFFIX = ".jnl"
-FORMAT = 1  # the "v" of every line; a line of another version is skipped with a warning
-_FIELDS = tuple(f.name for f in dataclasses.fields(EventRecord))
-_BYTES = ("body", "response_body")
+FORMAT = 1  # a frame of another version is skipped (and counted as unreadable)
 
 
 def journal_dir(database: str | os.PathLike[str]) -> Path:
@@ -61,50 +58,95 @@ def journal_dir(database: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(database)}.quarantine")
 
 
-# --- one record, one line ----------------------------------------------------------------------
+# --- one record, one frame --------------------------------------------------------------------
+
+# A frame: magic, payload length and CRC-32 (12 bytes), then the payload: ``marshal`` of
+# (FORMAT, the record's fields in _V1_FIELDS order), the time as an ISO 8601 string.
+# marshal, not JSON: 6 µs a record against 24 (docs/performance.md), and the frames only
+# ever come back to this program. Like the database beside it, the directory must be
+# writable by the service alone (segments are created 0600): marshal is not meant to read
+# data an attacker made.
+MAGIC = b"SGJ1"
+_HEAD = struct.Struct("<4sII")
+_V1_FIELDS = (
+    "id",
+    "source",
+    "provider",
+    "channel",
+    "provider_event_id",
+    "sender",
+    "envelope_sender",
+    "recipient",
+    "verdict",
+    "rule",
+    "reason",
+    "mode",
+    "would_drop",
+    "unauthenticated_allow",
+    "outcome",
+    "received_at",
+    "method",
+    "path",
+    "query",
+    "content_type",
+    "headers",
+    "body",
+    "forward_url",
+    "forward_status",
+    "response_status",
+    "response_content_type",
+    "response_body",
+    "extra",
+)
+_AT = _V1_FIELDS.index("received_at")
+_EXTRA = _V1_FIELDS.index("extra")
 
 
 def encode(event: EventRecord) -> bytes:
-    """One journal line: the record as JSON (bytes as base64), ending in a newline.
-
-    ``json.dumps`` escapes every control and non-ASCII character, so a line never holds
-    a newline of its own."""
-    d: dict[str, Any] = {name: getattr(event, name) for name in _FIELDS}
-    d["v"] = FORMAT
-    d["received_at"] = event.received_at.isoformat()
-    for name in _BYTES:
-        raw = d[name]
-        d[name] = None if raw is None else base64.b64encode(raw).decode("ascii")
-    d["extra"] = dict(event.extra)
-    return json.dumps(d, separators=(",", ":")).encode("ascii") + b"\n"
+    """One journal frame of ``event``."""
+    values = [getattr(event, name) for name in _V1_FIELDS]
+    values[_AT] = event.received_at.isoformat()
+    values[_EXTRA] = dict(event.extra)
+    payload = marshal.dumps((FORMAT, *values), 4)
+    return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode(line: bytes) -> EventRecord:
-    """The record of one journal line; ``ValueError`` when it is not one (a torn write)."""
+def decode(payload: bytes) -> EventRecord:
+    """The record of one frame's payload; ``ValueError`` when it is not one."""
     try:
-        d = json.loads(line)
-        if not isinstance(d, dict) or d.get("v") != FORMAT:
+        # Only frames that this program wrote, into a directory that only the service
+        # may write (see encode), and whose checksum matched.
+        values = marshal.loads(payload)  # noqa: S302
+        if not isinstance(values, tuple) or values[:1] != (FORMAT,):
             raise ValueError(f"not a version {FORMAT} journal record")
+        d = dict(zip(_V1_FIELDS, values[1:], strict=True))
         d["received_at"] = datetime.fromisoformat(d["received_at"])
         d["headers"] = tuple((str(k), str(v)) for k, v in d["headers"])
-        for name in _BYTES:
-            if d.get(name) is not None:
-                d[name] = base64.b64decode(d[name], validate=True)
-        return EventRecord(**{k: v for k, v in d.items() if k in _FIELDS})
-    except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        return EventRecord(**d)
+    except (TypeError, EOFError, IndexError) as exc:
         raise ValueError(f"not a journal record: {exc}") from exc
 
 
 def read_segment(data: bytes) -> tuple[list[EventRecord], int]:
-    """The records of a segment's bytes and how many lines were not records (a write
-    torn by a crash mid-line can only be the last; anything else is logged)."""
+    """The records of a segment's bytes, and how many frames were not records. A frame
+    torn by a crash in the middle of a write can only be the last one; after a frame
+    that does not start with the magic nothing can be trusted, and the rest counts as
+    one bad frame."""
     records: list[EventRecord] = []
     bad = 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
+    at = 0
+    while at < len(data):
+        if len(data) - at < _HEAD.size:
+            return records, bad + 1
+        magic, size, crc = _HEAD.unpack_from(data, at)
+        payload = data[at + _HEAD.size : at + _HEAD.size + size]
+        if magic != MAGIC or len(payload) < size:
+            return records, bad + 1
+        at += _HEAD.size + size
         try:
-            records.append(decode(line))
+            if zlib.crc32(payload) != crc:
+                raise ValueError("checksum mismatch")
+            records.append(decode(payload))
         except ValueError:
             bad += 1
     return records, bad
@@ -190,7 +232,7 @@ class Journal:
             while view:  # a regular file takes it all at once, short of a full disk
                 view = view[os.write(current.fd, view) :]
         except OSError:
-            # Cut off what part of it was written, so the next line starts a line.
+            # Cut off what part of it was written, so that the next frame follows a whole one.
             with contextlib.suppress(OSError):
                 os.ftruncate(current.fd, self._size)
             raise
@@ -298,7 +340,7 @@ async def replay(journal: Journal, store: Store, *, batch: int = 500) -> int:
     for found in journal.recover():
         if found.unreadable:
             log.warning(
-                "journal %s: %d lines were not records (a write torn by a crash) and are skipped",
+                "journal %s: %d frames were not records (a write torn by a crash) and are skipped",
                 found.path,
                 found.unreadable,
             )

@@ -42,6 +42,7 @@ class Recorder:
         max_buffer: int = 100_000,
         linger_turns: int = 4,
         journal: Journal | None = None,
+        journal_linger_s: float = 0.01,
     ) -> None:
         self._store = store
         self._interval = flush_interval_s
@@ -59,10 +60,14 @@ class Recorder:
         # Journaled quarantine records not yet in the store, oldest first (the journal's
         # append order), and the task that moves them there.
         self._journal = journal
+        self._journal_linger = journal_linger_s
         self._journaled: list[EventRecord] = []
         self._journal_writer: asyncio.Task[None] | None = None
         self._journal_progress = asyncio.Event()  # set (and replaced) after each commit
         self._journal_failing = False
+        # Drops of the current loop turn, journaled together at its end (write_now).
+        self._turn_events: list[EventRecord] = []
+        self._turn_waiters: list[asyncio.Future[None]] = []
         self.commits = 0  # transactions write_now made (fewer than calls under load)
         self.overflowed = 0
         self.flush_errors = 0
@@ -81,19 +86,25 @@ class Recorder:
         neither)."""
         loop = asyncio.get_running_loop()
         if self._journal is not None and len(self._journaled) < self._max_buffer:
+            # The drops handled in this turn of the event loop go to the journal in one
+            # write at its end, and are answered together, back to back. Per drop, the
+            # write alone cost as much again: each one lets the store's thread take the
+            # GIL, and answers sent one at a time, between the others' handling, wake the
+            # reader each time (docs/performance.md). The delay is the other drops'
+            # handling: microseconds at a moderate load.
+            if not self._turn_waiters:
+                loop.call_soon(self._journal_turn)
+            self._turn_events.extend(events)
+            done: asyncio.Future[None] = loop.create_future()
+            self._turn_waiters.append(done)
             try:
-                self._journal.append(events)
+                await done
+                return
             except OSError as exc:  # disk full, say: the store itself is tried below
                 if not self._journal_failing:
                     log.warning("quarantine journal not writable, writing to the store: %s", exc)
                 self._journal_failing = True
-            else:
-                self._journal_failing = False
-                self._journaled.extend(events)
-                if self._journal_writer is None:
-                    self._journal_writer = loop.create_task(self._write_journaled())
-                return
-        done: asyncio.Future[None] = loop.create_future()
+        done = loop.create_future()
         self._urgent.append((events, done))
         if self._writer is None:
             self._writer = loop.create_task(self._write_urgent())
@@ -145,15 +156,35 @@ class Recorder:
         for _, done in batch:
             _settle(done, None)
 
+    def _journal_turn(self) -> None:
+        assert self._journal is not None
+        events, self._turn_events = self._turn_events, []
+        waiters, self._turn_waiters = self._turn_waiters, []
+        try:
+            self._journal.append(events)
+        except OSError as exc:
+            for done in waiters:
+                _settle(done, exc)
+            return
+        self._journal_failing = False
+        self._journaled.extend(events)
+        if self._journal_writer is None:
+            self._journal_writer = asyncio.get_running_loop().create_task(self._write_journaled())
+        for done in waiters:
+            _settle(done, None)
+
     async def _write_journaled(self) -> None:
-        """Move journaled records into the store, oldest first, one transaction per batch.
-        While a transaction is in flight the next batch gathers, so batches grow with the
-        load. A store outage is retried every ``flush_interval_s``; the records are safe in
-        the journal meanwhile."""
+        """Move journaled records into the store, oldest first, one transaction per batch
+        of what ``journal_linger_s`` (and the transaction before) gathered. A store outage
+        is retried every ``flush_interval_s``; the records are safe in the journal
+        meanwhile."""
         assert self._journal is not None
         try:
             while self._journaled:
-                await asyncio.sleep(0)  # the drops of this loop turn join the batch
+                if len(self._journaled) < self._max_batch:
+                    # Nobody waits for this transaction: let it gather. Under load a
+                    # bigger one costs much less per record (docs/performance.md).
+                    await asyncio.sleep(self._journal_linger)
                 batch = self._journaled[: self._max_batch]
                 try:
                     await self._store.put_events(batch)

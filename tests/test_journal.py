@@ -5,8 +5,10 @@ process left behind is replayed by the next one."""
 from __future__ import annotations
 
 import asyncio
+import marshal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +21,7 @@ from gateway.recorder import Recorder
 from gateway.store import Store
 from gateway.store.base import EventRecord
 from gateway.store.sqlite import SQLiteStore
+from tests.apptools import make_settings, running
 from tests.records import event_record
 from tests.test_recorder import CountingStore
 
@@ -39,7 +42,10 @@ def segments(directory: Path) -> list[Path]:
 
 
 def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n")
+    """How many records the segment at ``path`` holds."""
+    records, bad = jn.read_segment(path.read_bytes())
+    assert bad == 0
+    return len(records)
 
 
 @pytest.fixture
@@ -77,26 +83,54 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     ],
     ids=lambda r: r.id,
 )
-def test_a_record_survives_its_line(record: EventRecord) -> None:
-    line = jn.encode(record)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert jn.decode(line) == record
+def test_a_record_survives_its_frame(record: EventRecord) -> None:
+    frame = jn.encode(record)
+    assert frame.startswith(jn.MAGIC)
+    [back], bad = jn.read_segment(frame)
+    assert (back, bad) == (record, 0)
 
 
-def test_a_torn_last_line_is_skipped_and_counted() -> None:
-    data = jn.encode(drop("a")) + jn.encode(drop("b")) + jn.encode(drop("c"))[:57]
+def test_the_frame_format_names_every_field_of_a_record() -> None:
+    """A field added to EventRecord must be added to the journal's format too (with a
+    new FORMAT, and a way to read the old one): replay after an upgrade reads frames
+    that the previous version wrote."""
+    assert tuple(f.name for f in fields(EventRecord)) == jn._V1_FIELDS
+
+
+@pytest.mark.parametrize("cut", [5, 57, -1])
+def test_a_torn_last_frame_is_skipped_and_counted(cut: int) -> None:
+    data = jn.encode(drop("a")) + jn.encode(drop("b")) + jn.encode(drop("c"))[:cut]
     records, bad = jn.read_segment(data)
     assert [r.id for r in records] == ["a", "b"]
     assert bad == 1
 
 
+def test_a_frame_with_a_wrong_checksum_is_skipped_and_the_next_one_read() -> None:
+    damaged = bytearray(jn.encode(drop("b")))
+    damaged[-3] ^= 0xFF
+    records, bad = jn.read_segment(jn.encode(drop("a")) + bytes(damaged) + jn.encode(drop("c")))
+    assert [r.id for r in records] == ["a", "c"]
+    assert bad == 1
+
+
+def test_after_garbage_nothing_is_trusted() -> None:
+    records, bad = jn.read_segment(jn.encode(drop("a")) + b"garbage that is no frame at all")
+    assert [r.id for r in records] == ["a"]
+    assert bad == 1
+
+
 @pytest.mark.parametrize(
-    "line",
-    [b"not json", b"[1, 2]", b'{"v": 99, "id": "x"}', b'{"v": 1, "id": "x"}'],
+    "payload",
+    [
+        b"not marshal",
+        marshal.dumps([1, 2]),
+        marshal.dumps((99, "x")),
+        marshal.dumps((jn.FORMAT, "too", "short")),
+    ],
 )
-def test_what_is_not_a_record_is_a_value_error(line: bytes) -> None:
+def test_what_is_not_a_record_is_a_value_error(payload: bytes) -> None:
     with pytest.raises(ValueError):
-        jn.decode(line)
+        jn.decode(payload)
 
 
 # --- this process's segments -----------------------------------------------------------------
@@ -178,7 +212,7 @@ async def test_replay_writes_dead_segments_to_the_store(
     directory = tmp_path / "j"
     directory.mkdir()
     directory.joinpath(f"1-a{jn.SUFFIX}").write_bytes(
-        jn.encode(drop("r1")) + jn.encode(drop("r2")) + b'{"torn'
+        jn.encode(drop("r1")) + jn.encode(drop("r2")) + jn.encode(drop("r9"))[:20]
     )
     directory.joinpath(f"2-b{jn.SUFFIX}").write_bytes(jn.encode(drop("r3")))
     journal = Journal(directory)
@@ -239,8 +273,10 @@ async def test_a_drop_is_answered_while_the_database_is_locked(
         await asyncio.wait_for(recorder.write_now([drop("d1")]), 5)
         [segment] = segments(tmp_path / "gw.db.quarantine")
         assert [r.id for r in jn.read_segment(segment.read_bytes())[0]] == ["d1"]
-        await asyncio.sleep(0.3)  # the background writer meets the lock (busy 0.1 s)
-        assert recorder.journaled == 1 and recorder.deferring
+        async with asyncio.timeout(10):  # the background writer meets the lock (busy 0.1 s)
+            while not recorder.deferring:  # noqa: ASYNC110 (a flag set by another task)
+                await asyncio.sleep(0.02)
+        assert recorder.journaled == 1
         assert await sqlite_store.get_event("d1") is None
     finally:
         locker.rollback()
@@ -253,18 +289,29 @@ async def test_a_drop_is_answered_while_the_database_is_locked(
     assert segments(tmp_path / "gw.db.quarantine") == []
 
 
-async def test_drops_of_one_loop_turn_share_a_transaction(
+async def test_drops_of_one_loop_turn_share_a_write_and_a_transaction(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:
+    """Drops handled in the same turn of the event loop are journaled by one write; the
+    ones that arrive while a transaction is in flight go together in the next."""
     counting = CountingStore(sqlite_store, delay_s=0.05)
     journal = Journal(tmp_path / "j")
     journal.open()
-    recorder = Recorder(cast(Store, counting), journal=journal)
-    for n in range(5):
-        await recorder.write_now([drop(f"a{n}")])
-    await asyncio.sleep(0.01)  # the first transaction is in flight; these gather meanwhile
-    for n in range(5):
-        await recorder.write_now([drop(f"b{n}")])
+    recorder = Recorder(cast(Store, counting), journal=journal, journal_linger_s=0)
+    writes = 0
+    append = journal.append
+
+    def counted(events: Sequence[EventRecord]) -> None:
+        nonlocal writes
+        writes += 1
+        append(events)
+
+    journal.append = counted  # type: ignore[method-assign]
+    await asyncio.gather(*(recorder.write_now([drop(f"a{n}")]) for n in range(5)))
+    assert writes == 1
+    await asyncio.sleep(0.01)  # the first transaction is in flight (50 ms)
+    await asyncio.gather(*(recorder.write_now([drop(f"b{n}")]) for n in range(5)))
+    assert writes == 2
     await recorder.settle(5)
     assert counting.batches == [[f"a{n}" for n in range(5)], [f"b{n}" for n in range(5)]]
     await recorder.close_journal()
@@ -324,3 +371,19 @@ def test_the_journal_sits_beside_the_database() -> None:
     assert jn.journal_dir("/var/lib/sendergate/gw.db") == Path(
         "/var/lib/sendergate/gw.db.quarantine"
     )
+
+
+# --- the app's wiring ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_app_keeps_a_journal_beside_a_sqlite_store_unless_turned_off(
+    tmp_path: Path, enabled: bool
+) -> None:
+    settings = make_settings(tmp_path)
+    settings = replace(settings, store=replace(settings.store, quarantine_journal=enabled))
+    directory = jn.journal_dir(tmp_path / "gw.db")
+    with running(settings) as client:
+        assert client.get("/readyz").json()["checks"]["recorder"]["journaled"] == 0
+        assert len(segments(directory)) == (1 if enabled else 0)
+    assert segments(directory) == []  # a clean stop leaves nothing to replay
