@@ -149,6 +149,20 @@ class Http1Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._writes: list[tuple[_Conn, bytes]] = []  # requests of this loop turn
+
+    def _write_soon(self, conn: _Conn, payload: bytes) -> None:
+        """Send the requests made in one turn of the event loop together, at its end:
+        one wake-up of the application for all of them (see gateway.turns, which does
+        the same for the gateway's own answers)."""
+        if not self._writes:
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+        self._writes.append((conn, payload))
+
+    def _flush_writes(self) -> None:
+        writes, self._writes = self._writes, []
+        for conn, payload in writes:
+            conn.write_now(payload)
 
     async def request(
         self,
@@ -577,7 +591,12 @@ class _Conn(asyncio.Protocol):
         # The whole request in one write. If it exceeds the transport's high-water mark,
         # the transport keeps sending it on its own while we wait for the answer; there is
         # nothing more to write, so there is nothing to pause (see pause_writing).
-        transport.write(payload)
+        self.pool._write_soon(self, payload)
+
+    def write_now(self, payload: bytes) -> None:
+        if self.closed or self.transport is None:
+            return  # connection_lost has failed the answer already
+        self.transport.write(payload)
 
     def close(self) -> None:
         """Close gracefully (used for connections that are done, not broken)."""

@@ -14,6 +14,7 @@ from gateway.http.auth import KeyRing
 from gateway.settings import Settings
 from gateway.snapshot import SnapshotHolder
 from gateway.store.base import Store
+from gateway.turns import TurnGate
 
 
 @dataclass(slots=True)
@@ -23,6 +24,7 @@ class AppState:
     snapshot: SnapshotHolder
     keys: KeyRing
     clock: Callable[[], float] = time.time
+    turns: TurnGate = field(default_factory=TurnGate)  # webhook answers leave together
     # Filled by the ingress layer when it starts (forwarder, providers, recorder...).
     extras: dict[str, Any] = field(default_factory=dict)
 

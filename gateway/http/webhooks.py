@@ -136,6 +136,8 @@ class HookFastPath:
             return
         except ClientDisconnect:  # hung up mid-body: nobody to answer, nothing to log
             return  # (routes: gateway.app._client_gone)
+        # Answers of one loop turn leave together (gateway.turns).
+        await state.turns.end_of_turn()
         start: Message = {
             "type": "http.response.start",
             "status": reply.status,
