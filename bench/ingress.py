@@ -1009,7 +1009,7 @@ def latency_drop(bench: Bench, run: RunResult, signed_url: str, gateway_pid: int
     """At half the drop run's requests/s: the bare endpoint, then the gateway's drop path
     (fresh CallSids, so that no drop repeats one of the throughput run's). Returns how
     many requests each phase sent."""
-    rate = run.load.rps / 2
+    rate = bench.args.drop_rate or run.load.rps / 2
     count = bench.latency_count(rate)
     requests = bench.workdir / "drop-latency.txt"
     write_requests(requests, signed_url, BLOCKED, count, 4)
@@ -1032,7 +1032,7 @@ def latency_relay(
     """At half the relay run's requests/s: the downstream app directly, then through the
     gateway (fresh CallSids: a repeated one would be answered from the record)."""
     app_url, signed_url = urls
-    rate = run.load.rps / 2
+    rate = bench.args.relay_rate or run.load.rps / 2
     count = bench.latency_count(rate)
     requests = bench.workdir / "relay-latency.txt"
     write_requests(requests, signed_url, ALLOWED, count, 5)
@@ -1211,9 +1211,15 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
 
 def report_latency(bench: Bench) -> None:
     a = bench.args
+    fixed = ", ".join(
+        f"{name} R = {rate:g}/s as given"
+        for name, rate in (("drop", a.drop_rate), ("relay", a.relay_rate))
+        if rate
+    )
     print()
     print(
-        f"latency at a fixed rate R = half of the gateway run's req/s (open loop: request i "
+        f"latency at a fixed rate R = half of the gateway run's req/s"
+        f"{f' ({fixed})' if fixed else ''} (open loop: request i "
         f"is sent at t0 + i/R whatever the answers and timed from then); {a.warmup:g} s "
         f"warm-up + {a.latency_duration:g} s measured; Python uvloop generator on core "
         f"{bench.load_core}, {a.connections} keep-alive connections"
@@ -1312,6 +1318,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="measured seconds of each fixed-rate phase (at half the gateway run's req/s)",
+    )
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        help="the drop path's fixed-rate phases at this many requests/s instead of half "
+        "the drop run's (to compare two versions at the same load)",
+    )
+    p.add_argument(
+        "--relay-rate",
+        type=float,
+        help="the relay's fixed-rate phases at this many requests/s instead of half the "
+        "relay run's",
     )
     p.add_argument(
         "--no-journal",
