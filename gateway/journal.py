@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import marshal
 import os
@@ -44,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.store.base import EventRecord, Store
 
@@ -104,11 +106,21 @@ _EXTRA = _V1_FIELDS.index("extra")
 
 def encode(event: EventRecord) -> bytes:
     """One journal frame of ``event``."""
-    values = [getattr(event, name) for name in _V1_FIELDS]
+    values: list[Any] = [getattr(event, name) for name in _V1_FIELDS]
     values[_AT] = event.received_at.isoformat()
     values[_EXTRA] = dict(event.extra)
-    payload = marshal.dumps((FORMAT, *values), 4)
+    try:
+        payload = marshal.dumps((FORMAT, *values), 4)
+    except ValueError:
+        # marshal takes exact types only: a str or int subclass (an enum member in
+        # ``extra``, say) is refused. Keep what the store keeps of it, its JSON value.
+        values = [v if v is None or isinstance(v, bytes) else _plain(v) for v in values]
+        payload = marshal.dumps((FORMAT, *values), 4)
     return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def decode(payload: bytes) -> EventRecord:

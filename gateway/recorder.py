@@ -100,9 +100,9 @@ class Recorder:
             try:
                 await done
                 return
-            except OSError as exc:  # disk full, say: the store itself is tried below
+            except Exception as exc:  # disk full, say: the store itself is tried below
                 if not self._journal_failing:
-                    log.warning("quarantine journal not writable, writing to the store: %s", exc)
+                    log.warning("quarantine journal not writable, writing to the store: %r", exc)
                 self._journal_failing = True
         done = loop.create_future()
         self._urgent.append((events, done))
@@ -162,7 +162,7 @@ class Recorder:
         waiters, self._turn_waiters = self._turn_waiters, []
         try:
             self._journal.append(events)
-        except OSError as exc:
+        except Exception as exc:  # the callers write to the store instead (write_now)
             for done in waiters:
                 _settle(done, exc)
             return

@@ -5,6 +5,7 @@ process left behind is replayed by the next one."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import marshal
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -387,3 +388,34 @@ def test_the_app_keeps_a_journal_beside_a_sqlite_store_unless_turned_off(
         assert client.get("/readyz").json()["checks"]["recorder"]["journaled"] == 0
         assert len(segments(directory)) == (1 if enabled else 0)
     assert segments(directory) == []  # a clean stop leaves nothing to replay
+
+
+class Kind(enum.StrEnum):
+    PASS = "pass"
+
+
+def test_a_str_subclass_is_kept_as_its_plain_value() -> None:
+    """marshal refuses an enum member where JSON (and so the store) keeps its value."""
+    record = drop("enum", extra={"dkim": Kind.PASS, "n": [Kind.PASS]}, reason=Kind.PASS)
+    [back], bad = jn.read_segment(jn.encode(record))
+    assert bad == 0
+    assert back.extra == {"dkim": "pass", "n": ["pass"]} and back.reason == "pass"
+    assert type(back.reason) is str
+
+
+async def test_a_record_the_journal_cannot_take_goes_to_the_store(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    recorder = Recorder(sqlite_store, journal=journal)
+    odd = drop("odd", extra={"at": object()})  # neither marshal nor JSON takes it
+    fine = drop("fine")
+    results = await asyncio.gather(
+        recorder.write_now([odd]), recorder.write_now([fine]), return_exceptions=True
+    )
+    assert isinstance(results[0], TypeError)  # the store refused it too: its caller hears
+    assert results[1] is None
+    assert await sqlite_store.get_event("fine") == fine
+    assert await sqlite_store.get_event("odd") is None
+    await recorder.close_journal()
