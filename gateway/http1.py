@@ -596,7 +596,10 @@ class _Conn(asyncio.Protocol):
     def write_now(self, payload: bytes) -> None:
         if self.closed or self.transport is None:
             return  # connection_lost has failed the answer already
-        self.transport.write(payload)
+        try:
+            self.transport.write(payload)
+        except Exception as exc:  # closed since send(): as if the server had closed it
+            self._ended(exc)
 
     def close(self) -> None:
         """Close gracefully (used for connections that are done, not broken)."""
