@@ -68,6 +68,9 @@ def journal_dir(database: str | os.PathLike[str]) -> Path:
 # ever come back to this program. Like the database beside it, the directory must be
 # writable by the service alone (segments are created 0600): marshal is not meant to read
 # data an attacker made.
+# _V1_FIELDS repeats the field list on purpose rather than sharing the SQLite store's
+# column list or dataclasses.fields(): it is a file format, frozen with FORMAT, that a
+# newer version must still read after an upgrade (a test pins it to EventRecord today).
 MAGIC = b"SGJ1"
 _HEAD = struct.Struct("<4sII")
 _V1_FIELDS = (

@@ -14,33 +14,26 @@ from gateway.errors import StoreUnavailable
 from gateway.recorder import Recorder
 from gateway.store import Store
 from gateway.store.base import EventRecord
+from tests.records import event_record
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def event(event_id: str) -> EventRecord:
-    return EventRecord(
-        id=event_id,
+    """A quarantined Twilio call from a blocked caller."""
+    return event_record(
+        event_id,
+        T0,
         source="twilio",
-        provider="twilio",
         channel="voice",
         provider_event_id=f"CA{event_id}",
         sender="+14155550666",
-        envelope_sender=None,
-        recipient="+14155550100",
         verdict="drop",
         rule=1,
         reason="rule",
-        mode="blacklist",
         would_drop=True,
-        unauthenticated_allow=False,
         outcome="quarantined",
-        received_at=T0,
-        method="POST",
         path="/hooks/twilio",
-        query="",
-        content_type="application/x-www-form-urlencoded",
-        headers=(("content-type", "application/x-www-form-urlencoded"),),
         body=b"CallSid=CA1&From=%2B14155550666",
     )
 
