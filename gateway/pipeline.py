@@ -127,23 +127,34 @@ class CertCache:
 
 class AnswerCache:
     """Recent delivered answers by event id, so that a provider's retry is answered
-    without asking the store (bounded LRU)."""
+    without asking the store (bounded LRU).
+
+    An entry is a plain tuple of the reply's fields, not the ``Reply``: tuples of strings,
+    bytes and ints are untracked by the garbage collector after its first pass, whereas
+    20,000 ``Reply`` objects (and their header tuples) would sit in its oldest generation
+    and make every full collection walk them, 10-15 ms pauses of the event loop every few
+    seconds on the relay path (docs/performance.md). A hit, a provider's retry, rebuilds
+    the ``Reply``: microseconds, and rare."""
 
     def __init__(self, max_size: int = 20_000) -> None:
-        self._items: OrderedDict[str, Reply] = OrderedDict()
+        self._items: OrderedDict[str, _CachedReply] = OrderedDict()
         self._max = max_size
 
     def get(self, key: str) -> Reply | None:
         found = self._items.get(key)
-        if found is not None:
-            self._items.move_to_end(key)
-        return found
+        if found is None:
+            return None
+        self._items.move_to_end(key)
+        return Reply(*found)
 
     def put(self, key: str, reply: Reply) -> None:
-        self._items[key] = reply
+        self._items[key] = (reply.status, reply.content_type, reply.body, reply.headers)
         self._items.move_to_end(key)
         if len(self._items) > self._max:
             self._items.popitem(last=False)
+
+
+_CachedReply = tuple[int, str | None, bytes, tuple[tuple[str, str], ...]]
 
 
 class AnswerLookups:
