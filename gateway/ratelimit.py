@@ -96,14 +96,12 @@ class RateLimiter(Protocol):
         ...
 
 
-class _Window:
-    __slots__ = ("current", "index", "period", "previous")
-
-    def __init__(self, index: int, period: int) -> None:
-        self.index = index  # which fixed window ``current`` counts: floor(now / period)
-        self.period = period
-        self.current = 0
-        self.previous = 0
+# One key's windows: (index, period, current, previous), ``index`` being which fixed
+# window ``current`` counts, floor(now / period). A tuple of ints, replaced on each check:
+# the garbage collector untracks such tuples, whereas up to ``max_keys`` small objects
+# would sit in its oldest generation and every full collection would walk them (a pause
+# of the event loop that grows with the number of senders; docs/performance.md).
+_Window = tuple[int, int, int, int]
 
 
 class LocalRateLimiter:
@@ -127,24 +125,25 @@ class LocalRateLimiter:
         index = math.floor(now / period)
         key = (target_id, sender)
         w = self._windows.pop(key, None)
-        if w is None or w.period != period:
-            w = _Window(index, period)
-        elif index > w.index:
-            w.previous = w.current if index == w.index + 1 else 0
-            w.current = 0
-            w.index = index
+        if w is None or w[1] != period:
+            current = previous = 0
         else:
-            # The same window, or a clock that stepped back: count in the current window.
-            index = w.index
-        self._windows[key] = w
-        if len(self._windows) > self._max:
-            del self._windows[next(iter(self._windows))]
+            w_index, _, current, previous = w
+            if index > w_index:
+                previous = current if index == w_index + 1 else 0
+                current = 0
+            else:
+                # The same window, or a clock that stepped back: count in the current one.
+                index = w_index
         elapsed = min(max(0.0, now - index * period), period)
         weight = 1.0 - elapsed / period
-        if w.previous * weight + w.current + 1 > rate.limit:
-            return False
-        w.current += 1
-        return True
+        allowed = previous * weight + current + 1 <= rate.limit
+        if allowed:
+            current += 1
+        self._windows[key] = (index, period, current, previous)
+        if len(self._windows) > self._max:
+            del self._windows[next(iter(self._windows))]
+        return allowed
 
     async def allow(self, target_id: str, sender: str, limit_spec: str, now: float) -> bool:
         return self.check(target_id, sender, limit_spec, now)

@@ -6,6 +6,7 @@ themselves, and the local fallback while Redis is stopped or stuck."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import random
@@ -51,6 +52,19 @@ def test_parse_rate_refuses_other_shapes(spec: str) -> None:
     """Anything else is a ValueError that shows the expected shape."""
     with pytest.raises(ValueError, match="20/hour"):
         parse_rate(spec)
+
+
+def test_the_local_limiter_leaves_nothing_for_the_garbage_collector_to_walk() -> None:
+    # One entry per (target, sender) seen, up to max_keys: as objects in the collector's
+    # oldest generation they would lengthen every full collection (docs/performance.md).
+    limiter = LocalRateLimiter()
+    for i in range(100):
+        assert limiter.check("tgt_1", f"+1555000{i:04d}", "5/minute", 1_000.0)
+    assert not limiter.check("tgt_1", "+15550000000", "1/minute", 1_000.0)
+    for _ in range(2):
+        gc.collect()
+    windows = list(limiter._windows.values())
+    assert len(windows) == 100 and not any(gc.is_tracked(w) for w in windows)
 
 
 def test_limit_holds_within_a_window() -> None:
