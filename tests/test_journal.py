@@ -27,6 +27,13 @@ from tests.records import event_record
 from tests.test_recorder import CountingStore
 
 
+def opened(directory: Path) -> Journal:
+    """A journal in ``directory``, open (its segment created and locked)."""
+    journal = Journal(directory)
+    journal.open()
+    return journal
+
+
 def drop(event_id: str, **changes: object) -> EventRecord:
     fields: dict[str, Any] = {
         "verdict": "drop",
@@ -138,8 +145,7 @@ def test_what_is_not_a_record_is_a_value_error(payload: bytes) -> None:
 
 
 def test_an_append_is_in_the_file_and_a_full_commit_empties_it(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     [segment] = segments(tmp_path / "j")
     journal.append([drop("a"), drop("b")])
     journal.append([drop("c")])
@@ -170,8 +176,7 @@ def test_a_full_segment_is_sealed_and_deleted_once_the_store_has_it(tmp_path: Pa
 
 
 def test_close_keeps_what_the_store_does_not_have(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     journal.append([drop("a"), drop("b")])
     journal.committed(1)
     journal.close()
@@ -296,8 +301,7 @@ async def test_drops_of_one_loop_turn_share_a_write_and_a_transaction(
     """Drops handled in the same turn of the event loop are journaled by one write; the
     ones that arrive while a transaction is in flight go together in the next."""
     counting = CountingStore(sqlite_store, delay_s=0.05)
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     recorder = Recorder(cast(Store, counting), journal=journal, journal_linger_s=0)
     writes = 0
     append = journal.append
@@ -323,8 +327,7 @@ async def test_a_record_the_store_refuses_does_not_hold_up_the_others(
 ) -> None:
     counting = CountingStore(sqlite_store)
     counting.poison = {"bad"}
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     recorder = Recorder(cast(Store, counting), journal=journal)
     await recorder.write_now([drop("ok1"), drop("bad"), drop("ok2")])
     await recorder.settle(5)
@@ -337,8 +340,7 @@ async def test_a_record_the_store_refuses_does_not_hold_up_the_others(
 async def test_without_a_writable_journal_the_drop_waits_for_the_store(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     recorder = Recorder(sqlite_store, journal=journal)
     journal.close()  # appends fail from here on, as on a full disk
     await recorder.write_now([drop("d1")])
@@ -406,8 +408,7 @@ def test_a_str_subclass_is_kept_as_its_plain_value() -> None:
 async def test_a_record_the_journal_cannot_take_goes_to_the_store(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.open()
+    journal = opened(tmp_path / "j")
     recorder = Recorder(sqlite_store, journal=journal)
     odd = drop("odd", extra={"at": object()})  # neither marshal nor JSON takes it
     fine = drop("fine")
