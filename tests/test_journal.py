@@ -322,6 +322,25 @@ async def test_drops_of_one_loop_turn_share_a_write_and_a_transaction(
     await recorder.close_journal()
 
 
+async def test_drops_of_separate_turns_gather_into_one_transaction_by_default(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    """Nobody waits for the journal's transactions, so by default the writer lets them
+    gather: drops answered one at a time over 30 ms reach the store in one transaction
+    (two if the machine stalls this test for over 70 ms), where a writer lingering
+    10 ms would commit three (fewer, larger transactions: less CPU and WAL per drop)."""
+    counting = CountingStore(sqlite_store)
+    journal = opened(tmp_path / "j")
+    recorder = Recorder(cast(Store, counting), journal=journal)
+    for n in range(10):
+        await recorder.write_now([drop(f"t{n}")])  # answered once journaled
+        await asyncio.sleep(0.003)
+    await recorder.settle(5)
+    assert len(counting.batches) <= 2
+    assert [i for batch in counting.batches for i in batch] == [f"t{n}" for n in range(10)]
+    await recorder.close_journal()
+
+
 async def test_a_record_the_store_refuses_does_not_hold_up_the_others(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:
