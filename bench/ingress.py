@@ -19,7 +19,10 @@ has the method and the figures):
 (d) ``direct``: the downstream application alone (Starlette, parses the form, answers
     TwiML), called with the same requests;
 (c) ``relay``: the gateway forwarding signed webhooks of an allowed caller to (d), which
-    runs as a separate process on the same core as the gateway.
+    runs as a separate process on the same core as the gateway: a stricter reference;
+(e) ``split``: the same relay with the gateway alone on core 0 and (d) beside the load on
+    core 1, the placement issue 8's relay goal (0.5 of (d)) means: the gateway and the
+    app, two processes, sharing the two cores (docs/performance.md).
 
 The load is ``wrk`` with a Lua script that cycles through pre-signed requests (install it
 with ``apt-get install wrk``; without it a slower aiohttp generator in Python is used).
@@ -39,7 +42,9 @@ at half the drop rate; after the relay run: (d) then (c) at half the relay rate;
 ``--warmup`` + ``--latency-duration`` seconds with fresh CallSids. Printed: p50/p90/p99/max,
 the rate sent and how late the generator launched requests (when it could not hold the
 rate, the gateway's added latency is not printed), and "added by the gateway": the
-difference of the percentiles (goal: p99 under 5 ms).
+difference of the percentiles (goal: p99 under 5 ms). Before each pair, a 3 s probe on
+each core (nothing of ours running) measures the host's own pauses and speed dips, and
+the report says when the host was too noisy for the goal to be judged (``HOST_PROBE``).
 """
 
 from __future__ import annotations
@@ -597,6 +602,7 @@ class LatencyPair:
     round: int
     base: LatencyResult
     gateway: LatencyResult
+    host: list[HostProbe]  # the host's disturbances, measured just before the pair
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -642,6 +648,65 @@ def disk_kb_per_request(
         / sent
         / 1024
     )
+
+
+# The host's own disturbances, measured on each core with nothing of ours running: a loop
+# of fixed small work units. A unit that takes over 1 ms is a *pause* (the host took the
+# virtual CPU away); the units done per 100 ms window, against the median window, give
+# the host's *speed dips* (another guest on the same physical core slowing ours). On a
+# quiet host the longest pause stays well under 1 ms and no window runs below about 80 %
+# of the median. A server at half its measured maximum runs at 100 % through a dip to
+# half speed and queues, so the latency goal (p99 added under 5 ms) cannot be judged on
+# such a host (docs/performance.md, "A noisy host").
+HOST_PROBE = """
+import json, time
+end = time.perf_counter() + {seconds}
+start = last = time.perf_counter()
+pauses, windows = [], {{}}
+while last < end:
+    sum(range(200))
+    now = time.perf_counter()
+    if now - last > 0.001:
+        pauses.append(now - last)
+    w = int((now - start) * 10)
+    windows[w] = windows.get(w, 0) + 1
+    last = now
+done = sorted(n for w, n in windows.items() if w < int({seconds} * 10))
+print(json.dumps({{"pauses": len(pauses), "max_ms": max(pauses, default=0.0) * 1000,
+                  "slowest": done[0] / done[len(done) // 2] if done else 1.0}}))
+"""
+HOST_PROBE_SECONDS = 3.0
+QUIET_PAUSE_MS = 1.0
+QUIET_SPEED = 0.8
+
+
+@dataclass
+class HostProbe:
+    core: int
+    pauses: int  # work units that took over 1 ms
+    max_ms: float  # the longest
+    slowest: float  # the slowest 100 ms window's work, as a share of the median window's
+
+    @property
+    def quiet(self) -> bool:
+        return self.max_ms <= QUIET_PAUSE_MS and self.slowest >= QUIET_SPEED
+
+
+def probe_host(cores: Sequence[int], seconds: float = HOST_PROBE_SECONDS) -> list[HostProbe]:
+    """Run the probe on each of ``cores`` at once (nothing else of ours runs meanwhile)."""
+    code = HOST_PROBE.format(seconds=seconds)
+    procs = [
+        subprocess.Popen(
+            pinned(core, [sys.executable, "-c", code]), stdout=subprocess.PIPE, text=True
+        )
+        for core in cores
+    ]
+    found = []
+    for core, proc in zip(cores, procs, strict=True):
+        out, _ = proc.communicate(timeout=seconds + 30)
+        d = json.loads(out)
+        found.append(HostProbe(core, int(d["pauses"]), float(d["max_ms"]), float(d["slowest"])))
+    return found
 
 
 def core_busy(core: int) -> float:
@@ -882,6 +947,11 @@ class Bench:
     def serve_app(self, factory: str) -> tuple[int, int]:
         return serve_app(self.procs, self.server_core, factory)
 
+    def probe_host(self) -> list[HostProbe]:
+        """The host's disturbances on both cores, before a latency pair (servers idle)."""
+        cores = [c for c in (self.server_core, self.load_core) if c is not None]
+        return probe_host(cores) if cores else []
+
     def latency_count(self, rate: float) -> int:
         """How many requests a fixed-rate phase sends (warm-up included)."""
         seconds: float = self.args.warmup + self.args.latency_duration
@@ -1063,10 +1133,11 @@ def latency_drop(bench: Bench, run: RunResult, signed_url: str, gateway_pid: int
     bare_port, bare_pid = bench.serve_app("make_bare_app")  # the gateway idles beside it
     bare_url = f"http://127.0.0.1:{bare_port}{HOOK_PATH}"
     pids = {"bare": bare_pid, "gateway": gateway_pid}
+    host = bench.probe_host()
     base = bench.fixed_rate("bare", bare_url, requests, rate, pids)
     bench.procs.stop(bare_pid)
     gateway = bench.fixed_rate("drop", signed_url, requests, rate, {"gateway": gateway_pid})
-    bench.latencies.append(LatencyPair("drop", bench.round, base, gateway))
+    bench.latencies.append(LatencyPair("drop", bench.round, base, gateway, host))
     for r in (base, gateway):
         if r.ok != r.sent:
             run.notes.append(f"{r.name} at a fixed rate: {r.ok} of {r.sent} answered 200")
@@ -1083,6 +1154,7 @@ def latency_relay(
     count = bench.latency_count(rate)
     requests = bench.workdir / "relay-latency.txt"
     write_requests(requests, signed_url, ALLOWED, count, 5)
+    host = bench.probe_host()
     base = bench.fixed_rate("direct", app_url, requests, rate, pids)
     before = downstream_count(down_port)
     gateway = bench.fixed_rate("relay", signed_url, requests, rate, pids)
@@ -1094,7 +1166,7 @@ def latency_relay(
         run.notes.append(
             f"relay at a fixed rate: the app received {forwarded} forwards for {count} requests"
         )
-    bench.latencies.append(LatencyPair("relay", bench.round, base, gateway))
+    bench.latencies.append(LatencyPair("relay", bench.round, base, gateway, host))
 
 
 def serve_gateway(bench: Bench, port: int, downstream_port: int) -> tuple[int, Path]:
@@ -1227,8 +1299,13 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
             "must >= 0.75, aim 1.00",
             0.75,
         ),
-        ("relay", "direct", "relay path / downstream direct", None, "issue 8: >= 0.50", 0.5),
-        ("split", "direct", "relay, app elsewhere / direct", "gateway", "(e): >= 0.50", 0.5),
+        # Issue 8's relay goal is (e): the gateway with a core of its own, the app and the
+        # load beside each other on the other ("two processes sharing two cores"; the
+        # issue's own figures were taken "with the gateway's core at 100 % CPU"). (c)
+        # puts the gateway and the app on one core: a stricter reference, printed with
+        # no verdict (docs/performance.md, "Which relay placement the goal means").
+        ("relay", "direct", "relay path / downstream direct", None, "(c) reference", None),
+        ("split", "direct", "relay, app elsewhere / direct", "gateway", "issue 8: >= 0.50", 0.5),
     ):
         if num not in results or den not in results:
             continue
@@ -1240,8 +1317,8 @@ def report(bench: Bench, rounds: Sequence[dict[str, RunResult]]) -> None:
         per_round = " ".join(
             f"{x[num].load.rps / x[den].load.rps:.2f}" for x in rounds if num in x and den in x
         )
-        verdict = "ok" if ratio >= floor else "BELOW"
-        print(f"{label:<33}{ratio:>8.2f}{by_cpu:>8.2f}  {per_round:<22}{goal}: {verdict}")
+        verdict = "" if floor is None else (": ok" if ratio >= floor else ": BELOW")
+        print(f"{label:<33}{ratio:>8.2f}{by_cpu:>8.2f}  {per_round:<22}{goal}{verdict}")
     print(
         "req/s: of each run's best round; CPU: the inverse ratio of CPU time per request "
         "(the gateway and the app together for the relay), which other load on the "
@@ -1292,6 +1369,17 @@ def report_latency(bench: Bench) -> None:
                 f"{disk:>12}"
             )
         what = "relay vs direct" if pair.kind == "relay" else "drop vs bare"
+        if pair.host:
+            noisy = not all(p.quiet for p in pair.host)
+            print(
+                f"host just before ({HOST_PROBE_SECONDS:g} s probe per core): "
+                + "; ".join(
+                    f"core {p.core}: longest pause {p.max_ms:.1f} ms, slowest 100 ms at "
+                    f"{p.slowest:.0%} of the median speed"
+                    for p in pair.host
+                )
+                + (": a NOISY host, this pair's p99 is partly the host's" if noisy else ": quiet")
+            )
         behind = [r.name for r in (pair.base, pair.gateway) if not r.held]
         if behind:
             print(
