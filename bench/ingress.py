@@ -693,7 +693,10 @@ class HostProbe:
 
 
 def probe_host(cores: Sequence[int], seconds: float = HOST_PROBE_SECONDS) -> list[HostProbe]:
-    """Run the probe on each of ``cores`` at once (nothing else of ours runs meanwhile)."""
+    """Run the probe on each of ``cores`` at once (nothing else of ours runs meanwhile;
+    the pages our runs dirtied are written back first, so that the kernel's write-back
+    is not counted as the host's)."""
+    os.sync()
     code = HOST_PROBE.format(seconds=seconds)
     procs = [
         subprocess.Popen(
