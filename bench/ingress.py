@@ -29,9 +29,13 @@ with ``apt-get install wrk``; without it a slower aiohttp generator in Python is
 Twilio signatures carry no nonce, but the gateway answers a repeated CallSid from its
 record (provider retries), so every request has its own CallSid and signature; the relay
 run gets more distinct requests than it can send, and the downstream's request count is
-checked against it. Each run warms up for ``--warmup`` seconds, then is measured for
-``--duration`` seconds: requests/s, p50/p99 latency (as wrk reports them) and the server's
-CPU time per request from ``/proc/PID/stat`` (user + system, all threads).
+checked against it. The servers of a comparison, (a) with (b), and (d) with (c) and (e),
+run side by side (idle when not loaded) and are measured in turns: each warms up for
+``--warmup`` seconds, then each gets ``--duration / --slices`` seconds at a time, in turn,
+``--slices`` times, so that a change in the host's speed meets all of them alike (a pause
+of 0.25 s after each turn counts what a server finishes after its load with it).
+Printed: requests/s, p50/p99 latency (wrk's, the median turn's) and the server's CPU time
+per request from ``/proc/PID/stat`` (user + system, all threads).
 
 Then, unless ``--no-latency``, the latency the gateway adds at half of its measured
 maximum: wrk is a closed loop (a stalled server is sent less, and the stall hides), so a
@@ -64,6 +68,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -369,6 +374,7 @@ def python_loadgen(url: str, path: str, start: int, seconds: float, connections:
 # t0 + i/R whatever the answers, and times it from that scheduled moment: a request that
 # waits for a free connection, or behind a stall, has that wait in its latency.
 
+SLICE_SETTLE_S = 0.25  # after each slice, before the next server's (see Bench.interleaved)
 LAG_LIMIT_MS = 0.5  # the generator holds the rate when its p99 launch lag stays below this
 LATENCY_DRAIN_S = 10.0  # how long to wait for the last answers after the schedule ends
 
@@ -868,6 +874,46 @@ class RunResult:
 
 
 @dataclass
+class Contender:
+    """One server of an interleaved comparison, and what its slices measured."""
+
+    name: str
+    url: str
+    requests: Path
+    pids: dict[str, int]  # our processes that serve it (all on the server core)
+    next_index: int = 0  # the next request of ``requests`` to send
+    loads: list[LoadResult] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # by process, over its slices
+    busy_s: float = 0.0  # the server core's busy time over its slices
+    span_s: float = 0.0  # wall time of its slices
+
+    def result(self) -> RunResult:
+        loads = self.loads
+        requests = sum(x.requests for x in loads)
+        load = LoadResult(
+            requests=requests,
+            seconds=sum(x.seconds for x in loads),
+            errors=sum(x.errors for x in loads),
+            status_errors=sum(x.status_errors for x in loads),
+            # wrk gives percentiles per slice: the median slice's
+            p50_ms=statistics.median(x.p50_ms for x in loads),
+            p99_ms=statistics.median(x.p99_ms for x in loads),
+            next_index=self.next_index,
+        )
+        done = max(1, requests)
+        cpu = {k: v / done * 1e6 for k, v in self.cpu_s.items()}
+        other = None
+        if self.span_s:
+            other = max(0.0, (self.busy_s - sum(self.cpu_s.values())) / self.span_s)
+        run = RunResult(self.name, load, cpu, other)
+        if load.errors or load.status_errors:
+            run.notes.append(
+                f"{self.name}: {load.errors} socket errors, {load.status_errors} non-2xx/3xx"
+            )
+        return run
+
+
+@dataclass
 class Bench:
     args: argparse.Namespace
     workdir: Path
@@ -922,30 +968,36 @@ class Bench:
             raise RuntimeError(f"{argv[0]} failed ({out.returncode}):\n{out.stderr[-2000:]}")
         return _result_from(out.stdout)
 
-    def measure(
-        self, name: str, url: str, requests: Path, pids: dict[str, int], start: int = 0
-    ) -> RunResult:
-        warm = self.load(url, requests, start, self.args.warmup)
+    def interleaved(self, contenders: Sequence[Contender]) -> dict[str, RunResult]:
+        """Measure the servers of a comparison in turns: each warms up, then each is loaded
+        for ``duration / slices`` seconds, one after another, ``slices`` times over. A
+        ratio of two servers measured one after the other for 10 s each moved by a third
+        with the host's speed (docs/performance.md, "A noisy host"); in turns of a few
+        seconds both meet the same host."""
+        args = self.args
+        for c in contenders:
+            c.next_index = self.load(c.url, c.requests, c.next_index, args.warmup).next_index
+        for _ in range(args.slices):
+            for c in contenders:
+                self._slice(c, args.duration / args.slices)
+        return {c.name: c.result() for c in contenders}
+
+    def _slice(self, c: Contender, seconds: float) -> None:
         core = self.server_core
-        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        before = {k: cpu_seconds(p) for k, p in c.pids.items()}
         busy_before, began = (core_busy(core) if core is not None else 0.0), time.monotonic()
-        result = self.load(url, requests, warm.next_index, self.args.duration)
+        load = self.load(c.url, c.requests, c.next_index, seconds)
+        # What the slice leaves behind (a gateway's background commit of its last drops)
+        # is counted with it, not with the next server's slice.
+        time.sleep(SLICE_SETTLE_S)
         busy_after, ended = (core_busy(core) if core is not None else 0.0), time.monotonic()
-        after = {k: cpu_seconds(p) for k, p in pids.items()}
-        for pid in pids.values():
+        for k, pid in c.pids.items():
             self.procs.check_alive(pid)
-        done = max(1, result.requests)
-        cpu = {k: (after[k] - before[k]) / done * 1e6 for k in pids}
-        ours = sum(after[k] - before[k] for k in pids)
-        other = None
-        if core is not None:
-            other = max(0.0, (busy_after - busy_before - ours) / (ended - began))
-        run = RunResult(name, result, cpu, other)
-        if result.errors or result.status_errors:
-            run.notes.append(
-                f"{name}: {result.errors} socket errors, {result.status_errors} non-2xx/3xx"
-            )
-        return run
+            c.cpu_s[k] = c.cpu_s.get(k, 0.0) + cpu_seconds(pid) - before[k]
+        c.busy_s += busy_after - busy_before
+        c.span_s += ended - began
+        c.next_index = load.next_index
+        c.loads.append(load)
 
     def serve_app(self, factory: str) -> tuple[int, int]:
         return serve_app(self.procs, self.server_core, factory)
@@ -1019,110 +1071,114 @@ def quarantined(db: Path, tag: int | None = None) -> int:
 
 
 def run_all(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
+    """One round: (a) and (b) measured in turns, then (d), (c) and (e) in turns, each
+    comparison followed by its latency pair."""
     results: dict[str, RunResult] = {}
-    args, procs, workdir = bench.args, bench.procs, bench.workdir
-    # URL-signed: each gateway's public URL (and so its port) is chosen before signing.
-    gw_port = free_port()
-    signed_url = f"http://127.0.0.1:{gw_port}{HOOK_PATH}"
-    blocked = workdir / "blocked.txt"
-    allowed = workdir / "allowed.txt"
-
     if "bare" in only or "drop" in only:
-        write_requests(blocked, signed_url, BLOCKED, args.bodies, WRK_DROP_TAG)
-        first = blocked.open().readline().rstrip("\n")
-    if "bare" in only:
-        port, pid = bench.serve_app("make_bare_app")
-        url = f"http://127.0.0.1:{port}{HOOK_PATH}"
-        expect("bare endpoint", post_one(url, first), REJECT_TWIML)
-        results["bare"] = bench.measure("bare", url, blocked, {"server": pid})
-        procs.stop(pid)
-    if "drop" in only:
-        pid, db = serve_gateway(bench, gw_port, free_port())
-        expect("gateway drop", post_one(signed_url, first), REJECT_TWIML)
-        run = bench.measure("drop", signed_url, blocked, {"server": pid})
-        answered = latency_drop(bench, run, signed_url, pid) if args.latency else 0
-        procs.stop(pid)  # the store is flushed and closed before we count
-        # wrk's set is cycled, and a request wrk made but had not sent when a run ended is
-        # skipped, so all that can be said of it is how many rows it left. Every drop of
-        # the fixed-rate phase was answered 200 by the gateway and must be in the store.
-        note = (
-            f"drop: {quarantined(db, WRK_DROP_TAG)} of the throughput runs' {args.bodies} "
-            "distinct CallSids in quarantine (cycled: a repeated one replaces its row; one "
-            "made but not sent when wrk stopped can be missing)"
-        )
-        if args.latency:
-            stored = quarantined(db, LATENCY_DROP_TAG)
-            lost = "" if stored == answered else f": {answered - stored} MISSING"
-            note += f"; of the fixed-rate phase's {answered} drops answered 200, {stored}{lost}"
-        run.notes.append(note)
-        results["drop"] = run
-    if "direct" not in only and "relay" not in only:
-        return results
-
-    write_requests(allowed, signed_url, ALLOWED, args.bodies, 2)
-    down_port, down_pid = bench.serve_app("make_downstream_app")
-    app_url = f"http://127.0.0.1:{down_port}{APP_PATH}"
-    expect("downstream", post_one(app_url, allowed.open().readline().rstrip("\n")), APP_TWIML)
-    if "direct" in only:
-        results["direct"] = bench.measure("direct", app_url, allowed, {"server": down_pid})
-    if "relay" in only:
-        # Every relayed request needs its own CallSid (a repeated one is a provider's
-        # retry, answered from the record): sign more than the relay can send. It cannot
-        # outrun the app it forwards to on the same core, so (d)'s rate bounds it.
-        ceiling = results["direct"].load.rps if "direct" in results else 20_000.0
-        count = max(args.bodies, int(ceiling * (args.warmup + args.duration) * 1.5) + 1000)
-        relay = workdir / "relay.txt"
-        write_requests(relay, signed_url, ALLOWED, count, 3)
-        pid, _ = serve_gateway(bench, gw_port, down_port)
-        before = downstream_count(down_port)
-        expect(
-            "gateway relay", post_one(signed_url, relay.open().readline().rstrip("\n")), APP_TWIML
-        )
-        run = bench.measure("relay", signed_url, relay, {"gateway": pid, "app": down_pid}, 1)
-        if args.latency:
-            time.sleep(0.5)  # the gateway finishes the forwards of the requests wrk cut
-        else:
-            procs.stop(pid)
-        forwarded = downstream_count(down_port) - before
-        sent = run.load.next_index  # requests handed to wrk's sockets, warm-up included
-        if sent > count:
-            run.notes.append(f"relay: {sent} requests for {count} CallSids: some repeated")
-        run.notes.append(
-            f"relay: the app received {forwarded} forwards for {sent} requests sent "
-            "(warm-up and check included; requests cut at the end of a run make the gap)"
-        )
-        results["relay"] = run
-        if args.latency:
-            pids = {"gateway": pid, "app": down_pid}
-            latency_relay(bench, run, (app_url, signed_url), down_port, pids)
-            procs.stop(pid)
-    procs.stop(down_pid)
-    if "split" in only:
-        results["split"] = run_split(bench, gw_port, signed_url, results.get("direct"))
+        results.update(run_drop_pair(bench, only))
+    if {"direct", "relay", "split"} & set(only):
+        results.update(run_relay_trio(bench, only))
     return results
 
 
-def run_split(bench: Bench, gw_port: int, signed_url: str, direct: RunResult | None) -> RunResult:
-    """(e): the relay with the gateway alone on the server core and the app beside the
-    load generator on the other, as when the application runs elsewhere: the gateway's
-    own cost per relayed event then bounds the rate. Its CPU is compared with the app's
-    own (d)."""
-    args = bench.args
-    down_port, down_pid = serve_app(bench.procs, bench.load_core, "make_downstream_app")
-    ceiling = direct.load.rps if direct is not None else 20_000.0
-    count = max(args.bodies, int(ceiling * (args.warmup + args.duration) * 1.5) + 1000)
-    requests = bench.workdir / "split.txt"
-    write_requests(requests, signed_url, ALLOWED, count, 6)
-    pid, _ = serve_gateway(bench, gw_port, down_port)
-    expect(
-        "gateway relay (split)",
-        post_one(signed_url, requests.open().readline().rstrip("\n")),
-        APP_TWIML,
+def run_drop_pair(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
+    args, procs = bench.args, bench.procs
+    # URL-signed: the gateway's public URL (and so its port) is chosen before signing.
+    gw_port = free_port()
+    signed_url = f"http://127.0.0.1:{gw_port}{HOOK_PATH}"
+    blocked = bench.workdir / "blocked.txt"
+    write_requests(blocked, signed_url, BLOCKED, args.bodies, WRK_DROP_TAG)
+    first = blocked.open().readline().rstrip("\n")
+    contenders: list[Contender] = []
+    if "bare" in only:
+        port, bare_pid = bench.serve_app("make_bare_app")
+        url = f"http://127.0.0.1:{port}{HOOK_PATH}"
+        expect("bare endpoint", post_one(url, first), REJECT_TWIML)
+        contenders.append(Contender("bare", url, blocked, {"server": bare_pid}))
+    if "drop" in only:
+        gw_pid, db = serve_gateway(bench, gw_port, free_port())
+        expect("gateway drop", post_one(signed_url, first), REJECT_TWIML)
+        contenders.append(Contender("drop", signed_url, blocked, {"server": gw_pid}))
+    results = bench.interleaved(contenders)
+    if "bare" in only:
+        procs.stop(bare_pid)
+    if "drop" not in only:
+        return results
+    run = results["drop"]
+    answered = latency_drop(bench, run, signed_url, gw_pid) if args.latency else 0
+    procs.stop(gw_pid)  # the store is flushed and closed before we count
+    # wrk's set is cycled, and a request wrk made but had not sent when a run ended is
+    # skipped, so all that can be said of it is how many rows it left. Every drop of the
+    # fixed-rate phase was answered 200 by the gateway and must be in the store.
+    note = (
+        f"drop: {quarantined(db, WRK_DROP_TAG)} of the throughput runs' {args.bodies} "
+        "distinct CallSids in quarantine (cycled: a repeated one replaces its row; one "
+        "made but not sent when wrk stopped can be missing)"
     )
-    run = bench.measure("split", signed_url, requests, {"gateway": pid}, 1)
-    bench.procs.stop(pid)
-    bench.procs.stop(down_pid)
-    return run
+    if args.latency:
+        stored = quarantined(db, LATENCY_DROP_TAG)
+        lost = "" if stored == answered else f": {answered - stored} MISSING"
+        note += f"; of the fixed-rate phase's {answered} drops answered 200, {stored}{lost}"
+    run.notes.append(note)
+    return results
+
+
+def run_relay_trio(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
+    """(d) the app alone on the server core; (c) a gateway forwarding to a second app
+    beside it on that core; (e) a gateway forwarding to a third app on the load core. Each
+    relayed request needs its own CallSid (a repeated one is a provider's retry, answered
+    from the record), so each gateway gets more signed requests than it can send: (d)'s
+    warm-up rate bounds them, since a relay cannot outrun the app it forwards to."""
+    args, procs = bench.args, bench.procs
+    allowed = bench.workdir / "allowed.txt"
+    write_requests(allowed, "http://127.0.0.1/unsigned", ALLOWED, args.bodies, 2)
+    first = allowed.open().readline().rstrip("\n")
+    contenders: list[Contender] = []
+    direct_port, direct_pid = bench.serve_app("make_downstream_app")
+    app_url = f"http://127.0.0.1:{direct_port}{APP_PATH}"
+    expect("downstream", post_one(app_url, first), APP_TWIML)
+    ceiling = 20_000.0
+    if "direct" in only:
+        direct = Contender("direct", app_url, allowed, {"server": direct_pid})
+        contenders.append(direct)
+        warm = bench.load(app_url, allowed, 0, 1.0)
+        direct.next_index, ceiling = warm.next_index, warm.rps
+    count = max(args.bodies, int(ceiling * (args.warmup + args.duration) * 1.5) + 1000)
+    relays: dict[str, tuple[Contender, int]] = {}  # name: (contender, app port)
+    for name, tag, app_core in (("relay", 3, bench.server_core), ("split", 6, bench.load_core)):
+        if name not in only:
+            continue
+        down_port, down_pid = serve_app(procs, app_core, "make_downstream_app")
+        gw_port = free_port()
+        signed_url = f"http://127.0.0.1:{gw_port}{HOOK_PATH}"
+        requests = bench.workdir / f"{name}.txt"
+        write_requests(requests, signed_url, ALLOWED, count, tag)
+        gw_pid, _ = serve_gateway(bench, gw_port, down_port)
+        line = requests.open().readline().rstrip("\n")
+        expect(f"gateway {name}", post_one(signed_url, line), APP_TWIML)
+        # (e)'s app shares the load core: only the gateway's CPU is ours on core 0.
+        pids = {"gateway": gw_pid, "app": down_pid} if name == "relay" else {"gateway": gw_pid}
+        contender = Contender(name, signed_url, requests, pids, next_index=1)
+        contenders.append(contender)
+        relays[name] = (contender, down_port)
+    results = bench.interleaved(contenders)
+    time.sleep(0.5)  # the gateways finish the forwards of the requests wrk cut
+    for name, (contender, down_port) in relays.items():
+        run = results[name]
+        forwarded = downstream_count(down_port)  # the check request included
+        sent = contender.next_index  # requests handed to wrk's sockets, warm-up included
+        if sent > count:
+            run.notes.append(f"{name}: {sent} requests for {count} CallSids: some repeated")
+        run.notes.append(
+            f"{name}: the app received {forwarded} forwards for {sent} requests sent "
+            "(warm-up and check included; requests cut at the end of a slice make the gap)"
+        )
+    if "relay" in relays and args.latency:
+        contender, down_port = relays["relay"]
+        pids = {"direct": direct_pid, **contender.pids}
+        latency_relay(bench, results["relay"], (app_url, contender.url), down_port, pids)
+    procs.stop()
+    return results
 
 
 def latency_drop(bench: Bench, run: RunResult, signed_url: str, gateway_pid: int) -> int:
@@ -1429,6 +1485,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per run")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=5,
+        help="the measured seconds of each run come in this many turns, alternating with "
+        "the other servers of its comparison",
+    )
     p.add_argument("--connections", type=int, default=32, help="concurrent connections")
     p.add_argument(
         "--bodies", type=int, default=20_000, help="distinct signed requests for the drop path"
