@@ -18,11 +18,11 @@ has the method and the figures):
     caller: verify, parse, normalise, decide, quarantine, answer the same TwiML;
 (d) ``direct``: the downstream application alone (Starlette, parses the form, answers
     TwiML), called with the same requests;
-(c) ``relay``: the gateway forwarding signed webhooks of an allowed caller to (d), which
-    runs as a separate process on the same core as the gateway: a stricter reference;
-(e) ``split``: the same relay with the gateway alone on core 0 and (d) beside the load on
-    core 1, the placement issue 8's relay goal (0.5 of (d)) means: the gateway and the
-    app, two processes, sharing the two cores (docs/performance.md).
+(c) ``relay``: the gateway forwarding signed webhooks of an allowed caller to a copy of
+    (d), a separate process on the same core as the gateway: a stricter reference;
+(e) ``split``: the same relay, the gateway on core 0 forwarding to a third copy of (d)
+    beside the load on core 1, the placement issue 8's relay goal (0.5 of (d)) means:
+    the gateway and the app, two processes, sharing the two cores (docs/performance.md).
 
 The load is ``wrk`` with a Lua script that cycles through pre-signed requests (install it
 with ``apt-get install wrk``; without it a slower aiohttp generator in Python is used).
