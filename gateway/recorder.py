@@ -70,6 +70,7 @@ class Recorder:
         self._journaled: list[EventRecord] = []
         self._journal_writer: asyncio.Task[None] | None = None
         self._journal_progress = asyncio.Event()  # set (and replaced) after each commit
+        self._journal_hurry = asyncio.Event()  # settle() cuts the writer's linger short
         self._journal_failing = False
         # Drops of the current loop turn, journaled together at its end (write_now).
         self._turn_events: list[EventRecord] = []
@@ -187,10 +188,14 @@ class Recorder:
         assert self._journal is not None
         try:
             while self._journaled:
-                if len(self._journaled) < self._max_batch:
+                if len(self._journaled) < self._max_batch and not self._journal_hurry.is_set():
                     # Nobody waits for this transaction: let it gather. Under load a
-                    # bigger one costs much less per record (docs/performance.md).
-                    await asyncio.sleep(self._journal_linger)
+                    # bigger one costs much less per record (docs/performance.md). An
+                    # admin read waiting in settle() ends the wait.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._journal_linger):
+                            await self._journal_hurry.wait()
+                self._journal_hurry.clear()
                 batch = self._journaled[: self._max_batch]
                 try:
                     await self._store.put_events(batch)
@@ -237,6 +242,7 @@ class Recorder:
         if journal is None or not self._journaled:
             return
         target = journal.appended
+        self._journal_hurry.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while journal.committed_count < target and self._journal_writer is not None:

@@ -341,6 +341,21 @@ async def test_drops_of_separate_turns_gather_into_one_transaction_by_default(
     await recorder.close_journal()
 
 
+async def test_an_admin_read_does_not_wait_out_the_writers_linger(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    """settle() (what the admin API's event reads call first) has the writer commit what
+    it gathered at once: with a 60 s linger the drop is in the store well within the
+    5 s that settle waits."""
+    journal = opened(tmp_path / "j")
+    recorder = Recorder(sqlite_store, journal=journal, journal_linger_s=60)
+    await recorder.write_now([drop("s1")])
+    await recorder.settle(5)
+    assert await sqlite_store.get_event("s1") == drop("s1")
+    assert recorder.journaled == 0
+    await recorder.close_journal()
+
+
 async def test_a_record_the_store_refuses_does_not_hold_up_the_others(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:
