@@ -61,11 +61,11 @@ class Recorder:
         # append order), and the task that moves them there.
         self._journal = journal
         # Nobody waits for the journal's transactions (the drops were answered once
-        # journaled; admin reads wait through ``settle``), so they can be large: at 50,000
-        # events, 15 records a transaction cost 59 µs of CPU and 16.6 KB of WAL each, 150
-        # cost 43 µs and 11.5 KB (the random pages of the id and sender indexes are
-        # shared by more records). 100 ms gathers about 150 at 1,500 drops/s
-        # (docs/performance.md, "Where it stands").
+        # journaled; an admin read's ``settle`` cuts the linger short), so they can be
+        # large: at 50,000 events, 15 records a transaction cost 59 µs of CPU and 16.6 KB
+        # of WAL each, 150 cost 43 µs and 11.5 KB (the random pages of the id and sender
+        # indexes are shared by more records). 100 ms gathers about 150 at 1,500
+        # drops/s (docs/performance.md, "The journal's writer gathers for 100 ms").
         self._journal_linger = journal_linger_s
         self._journaled: list[EventRecord] = []
         self._journal_writer: asyncio.Task[None] | None = None
