@@ -1559,6 +1559,8 @@ def main(argv: Sequence[str]) -> int:
         return 0
     args = parse_args(argv)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.slices < 1:
+        sys.exit("--slices must be 1 or more")
     unknown = sorted(set(only) - set(RUN_NAMES))
     if unknown:
         sys.exit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUN_NAMES)}")
