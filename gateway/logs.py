@@ -214,13 +214,26 @@ class _EventLine:
         out: dict[str, Any] = {"ts": _timestamp(self.created), "level": "info"}
         out["logger"] = EVENT_LOGGER
         out.update(self.fields)
-        return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
+        return _LINE_ENCODER.encode(out)
+
+
+# One encoder for every line: json.dumps with arguments builds a new one per call.
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+# The seconds part of the last timestamp: lines come in bursts within one second, and
+# strftime was a tenth of a line's cost. Read and replaced whole (one tuple), so any
+# thread may call _timestamp.
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + (
-        f".{int(created % 1 * 1000):03d}Z"
-    )
+    global _last_second
+    second = int(created)
+    cached, text = _last_second
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{int(created % 1 * 1000):03d}Z"
 
 
 def _internal_line(msg: str) -> str:

@@ -9,10 +9,18 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
-from gateway.logs import JsonFormatter, JsonLogListener, event_log, redact, setup_logging
+from gateway.logs import (
+    JsonFormatter,
+    JsonLogListener,
+    _EventLine,
+    event_log,
+    redact,
+    setup_logging,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -153,3 +161,14 @@ def test_a_broken_stream_does_not_stop_the_writer(root_logging: None) -> None:
     event_log({"event": "evt_lost"})
     logging.getLogger("sendergate.serve").info("still alive")
     listener.stop()  # returns: the writer swallowed the stream's errors
+
+
+def test_event_line_timestamps_are_right_across_seconds_in_any_order() -> None:
+    """The seconds part of a line's timestamp is reused while lines stay in one second:
+    a line from another second, earlier or later, still gets its own."""
+    base = 1_764_270_000.0
+    for created in (base + 0.25, base + 0.9995, base + 1.0, base - 86_400.5, base + 0.5):
+        line = json.loads(_EventLine(created, {"event": "e"}).format())
+        expected = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        assert line["ts"] == expected[:-3] + "Z"
+        assert line["logger"] == "sendergate.event" and line["event"] == "e"
