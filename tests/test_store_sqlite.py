@@ -5,6 +5,7 @@ migrations, and "cannot reach the file" answered as ``StoreUnavailable``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, NewRule, Rule
 from gateway.store.base import EventRecord, RuleFilter
-from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, _delivered_answers
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, _delivered_answers, _headers_json
 from tests.records import event_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,3 +322,23 @@ async def test_retry_dedupe_reads_by_primary_key_whatever_the_outcome_index_hold
         plan = conn.execute("EXPLAIN QUERY PLAN " + query).fetchall()
     details = " ".join(str(row[-1]) for row in plan)
     assert "sqlite_autoindex_events_1" in details and "events_outcome" not in details, details
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        (("host", "gw.example"), ("x-twilio-signature", "a+b/c=")),
+        (("x-quote", 'say "hi"'), ("x-back", "C:\\path\\"), ("x-ctl", "a\tb\nc\x00\x7f")),
+        (("x-latin", "caf\xe9"), ("x-line", "\u2028"), ("x-emoji", "\U0001f600")),
+        (("set-cookie", "a=1"), ("set-cookie", "b=2")),  # repeated names, in order
+    ],
+)
+def test_headers_are_stored_as_json_dumps_would_write_them(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    """The stored text of an event's headers is exactly ``json.dumps`` of the pairs (the
+    store builds it by hand, for speed), and reads back as the same pairs."""
+    text = _headers_json(headers)
+    assert text == json.dumps(headers)
+    assert tuple(tuple(pair) for pair in json.loads(text)) == headers
