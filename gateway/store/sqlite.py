@@ -346,9 +346,9 @@ def _rule_from_row(row: Any) -> Rule:
 
 
 def _headers_json(headers: Sequence[tuple[str, str]]) -> str:
-    """``json.dumps(headers)``, the same text, for a fraction of its cost: a sequence of
-    string pairs needs no general encoder (callgrind, seven pairs: 40,000 instructions
-    through ``json.dumps``, most of a stored event's row building)."""
+    """``json.dumps(headers)``, the same text, for two thirds of its cost: a sequence of
+    string pairs needs no general encoder (callgrind, seven pairs: 26,000 instructions
+    against 40,000 through ``json.dumps``, which was most of a stored row's building)."""
     text = encode_basestring_ascii
     return "[" + ", ".join(f"[{text(name)}, {text(value)}]" for name, value in headers) + "]"
 
