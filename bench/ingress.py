@@ -1131,6 +1131,8 @@ def run_relay_trio(bench: Bench, only: Sequence[str]) -> dict[str, RunResult]:
     warm-up rate bounds them, since a relay cannot outrun the app it forwards to."""
     args, procs = bench.args, bench.procs
     allowed = bench.workdir / "allowed.txt"
+    # (d) checks no signature: any URL will do. Each gateway gets its own set below,
+    # signed for its port.
     write_requests(allowed, "http://127.0.0.1/unsigned", ALLOWED, args.bodies, 2)
     first = allowed.open().readline().rstrip("\n")
     contenders: list[Contender] = []
