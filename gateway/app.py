@@ -312,7 +312,11 @@ def create_app(
     the_store = (
         store
         if store is not None
-        else open_store(settings.store.url, key_prefix=settings.store.key_prefix)
+        else open_store(
+            settings.store.url,
+            key_prefix=settings.store.key_prefix,
+            thread_nice=settings.store.thread_nice,
+        )
     )
     snapshot = SnapshotHolder(the_store, settings, clock=clock)
     state = AppState(

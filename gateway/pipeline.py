@@ -525,6 +525,7 @@ class Pipeline:
         )
         if not result.ok:
             log.warning("forward to %s failed (%s): %s", delivery.url, result.error, result.detail)
+        await self.recorder.keep_up()  # only when the store has fallen behind
         return reply, result.ok
 
     async def _delivered_before(self, event: ParsedEvent, eid: str) -> Reply | None:

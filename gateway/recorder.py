@@ -43,11 +43,21 @@ class Recorder:
         linger_turns: int = 4,
         journal: Journal | None = None,
         journal_linger_s: float = 0.1,
+        backlog: int = 2_000,
     ) -> None:
         self._store = store
         self._interval = flush_interval_s
         self._max_batch = max_batch
         self._max_buffer = max_buffer
+        # How many records may wait for the store (journaled quarantine records, and the
+        # buffered others) before the hot path waits for it: the store's thread runs at a
+        # lower priority ([store] thread_nice) and a saturated event loop would otherwise
+        # starve it, its backlog growing without bound. Not while the store is down
+        # (``deferring``): then the journal and the buffer keep the gateway answering.
+        self._backlog = backlog
+        self._flushed = asyncio.Event()  # set (and replaced) after each flush
+        self._flushing = 0  # records of the flush in flight
+        self._flusher_running = False
         self._events: list[EventRecord] = []
         self._hits: dict[int, tuple[int, datetime]] = {}
         self._wake = asyncio.Event()
@@ -92,6 +102,8 @@ class Recorder:
         """Store ``events`` now; return once they are committed, or journaled (raise if
         neither)."""
         loop = asyncio.get_running_loop()
+        if self._journal is not None:
+            await self._journal_below_backlog()
         if self._journal is not None and len(self._journaled) < self._max_buffer:
             # The drops handled in this turn of the event loop go to the journal in one
             # write at its end, and are answered together, back to back. Per drop, the
@@ -204,6 +216,8 @@ class Recorder:
                     if not self.deferring:
                         log.warning("quarantine records wait in the journal: %s", exc)
                     self.deferring = True
+                    # Drops waiting for the backlog to shrink go on (into the journal).
+                    self._journal_progress = _renewed(self._journal_progress)
                     await asyncio.sleep(self._interval)
                     continue
                 except Exception:
@@ -219,10 +233,32 @@ class Recorder:
                 self.commits += 1
                 del self._journaled[: len(batch)]
                 self._journal.committed(len(batch))
-                progress, self._journal_progress = self._journal_progress, asyncio.Event()
-                progress.set()
+                self._journal_progress = _renewed(self._journal_progress)
         finally:
             self._journal_writer = None
+            self._journal_progress = _renewed(self._journal_progress)
+
+    async def _journal_below_backlog(self) -> None:
+        """Wait while ``backlog`` or more journaled records wait for the store, and the
+        store is reachable (``deferring`` says it is not)."""
+        while (
+            len(self._journaled) >= self._backlog
+            and self._journal_writer is not None
+            and not self.deferring
+        ):
+            await self._journal_progress.wait()
+
+    async def keep_up(self) -> None:
+        """Wait while ``backlog`` or more buffered records (``add``) wait for the store, the
+        store is reachable and the background flush (``run``) is running: what the relay
+        path awaits after recording a forward."""
+        while (
+            len(self._events) + self._flushing >= self._backlog
+            and self._flusher_running
+            and not self.deferring
+        ):
+            self._wake.set()
+            await self._flushed.wait()
 
     async def _put_singly(self, batch: list[EventRecord]) -> bool:
         """False when the store became unreachable meanwhile (the batch is tried again)."""
@@ -286,6 +322,7 @@ class Recorder:
         async with self._flush_lock:
             events, self._events = self._events, []
             hits, self._hits = self._hits, {}
+            self._flushing = len(events)
             try:
                 if events:
                     await self._store.put_events(events)
@@ -311,8 +348,18 @@ class Recorder:
                 for rule_id, (count, at) in hits.items():
                     old_count, old_at = self._hits.get(rule_id, (0, at))
                     self._hits[rule_id] = (old_count + count, max(at, old_at))
+                self._flushing = 0
+                self._flushed = _renewed(self._flushed)
 
     async def run(self) -> None:
+        self._flusher_running = True
+        try:
+            await self._run()
+        finally:
+            self._flusher_running = False
+            self._flushed = _renewed(self._flushed)
+
+    async def _run(self) -> None:
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the wait ends, and this loop would run on.
@@ -325,6 +372,12 @@ class Recorder:
                     await self.flush()
                 except Exception:  # a bug must not stop recording for the process's life
                     log.exception("recorder flush failed")
+
+
+def _renewed(event: asyncio.Event) -> asyncio.Event:
+    """Wake whoever waits on ``event``; the new one is for the next wait."""
+    event.set()
+    return asyncio.Event()
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

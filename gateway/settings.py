@@ -66,6 +66,10 @@ class StoreSettings:
     # database in the background (gateway.journal); false makes each drop wait for its
     # commit instead (docs/performance.md, "Latency at half load").
     quarantine_journal: bool = True
+    # SQLite, Linux: how much nicer than the process the store's thread runs, so that
+    # its background batches fill the event loop's idle time instead of taking turns
+    # with requests on a busy core (gateway.store.sqlite._lower_priority); 0 turns it off.
+    thread_nice: int = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +497,7 @@ def _store(t: _Table) -> StoreSettings:
         "key_prefix",
         "incremental_reload",
         "quarantine_journal",
+        "thread_nice",
     )
     d = StoreSettings()
     url = t.secret("url") or d.url  # a Redis password may come from the environment
@@ -537,6 +542,7 @@ def _store(t: _Table) -> StoreSettings:
         key_prefix=d.key_prefix if prefix is None else prefix,
         incremental_reload=t.flag("incremental_reload", d.incremental_reload),
         quarantine_journal=t.flag("quarantine_journal", d.quarantine_journal),
+        thread_nice=t.integer("thread_nice", d.thread_nice, lo=0, hi=19),
     )
 
 

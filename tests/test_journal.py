@@ -341,6 +341,48 @@ async def test_drops_of_separate_turns_gather_into_one_transaction_by_default(
     await recorder.close_journal()
 
 
+async def test_drops_wait_for_the_store_once_the_journal_backlog_is_full(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    """A drop is answered once journaled, but not while ``backlog`` journaled records
+    wait for the store: then it waits for the writer's next commit, so that a store
+    thread starved by a saturated event loop cannot fall behind without bound."""
+    counting = CountingStore(sqlite_store)
+    counting.gate = asyncio.Event()
+    journal = opened(tmp_path / "j")
+    recorder = Recorder(cast(Store, counting), journal=journal, journal_linger_s=0, backlog=3)
+    for n in range(3):
+        await asyncio.wait_for(recorder.write_now([drop(f"q{n}")]), 5)
+    late = asyncio.create_task(recorder.write_now([drop("q3")]))
+    await asyncio.sleep(0.1)
+    assert not late.done()
+    assert recorder.journaled == 3
+    counting.gate.set()
+    await asyncio.wait_for(late, 5)
+    await recorder.settle(5)
+    for n in range(4):
+        assert await sqlite_store.get_event(f"q{n}") == drop(f"q{n}")
+    await recorder.close_journal()
+
+
+async def test_during_an_outage_drops_past_the_backlog_are_journaled(
+    tmp_path: Path, sqlite_store: SQLiteStore
+) -> None:
+    """With the store unreachable the journal keeps the drops answered (fail-static):
+    past the backlog they go on into the journal once the writer has met the outage."""
+    counting = CountingStore(sqlite_store)
+    counting.outage = True
+    journal = opened(tmp_path / "j")
+    recorder = Recorder(cast(Store, counting), journal=journal, journal_linger_s=0, backlog=2)
+    for n in range(5):
+        await asyncio.wait_for(recorder.write_now([drop(f"o{n}")]), 5)
+    assert recorder.deferring and recorder.journaled == 5
+    counting.outage = False
+    await recorder.settle(5)
+    assert recorder.journaled == 0
+    await recorder.close_journal()
+
+
 async def test_an_admin_read_does_not_wait_out_the_writers_linger(
     tmp_path: Path, sqlite_store: SQLiteStore
 ) -> None:

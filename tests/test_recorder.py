@@ -40,7 +40,7 @@ def event(event_id: str) -> EventRecord:
 
 class CountingStore:
     """The store under test, with its ``put_events`` calls counted, slowed (so that
-    concurrent writers queue up) or failed on demand."""
+    concurrent writers queue up), held until ``gate`` is set, or failed on demand."""
 
     def __init__(self, inner: Store, *, delay_s: float = 0.0) -> None:
         self.inner = inner
@@ -48,10 +48,13 @@ class CountingStore:
         self.batches: list[list[str]] = []
         self.outage = False
         self.poison: set[str] = set()
+        self.gate: asyncio.Event | None = None
 
     async def put_events(self, events: Sequence[EventRecord]) -> None:
         self.batches.append([e.id for e in events])
         await asyncio.sleep(self.delay_s)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.outage:
             raise StoreUnavailable("the store is down")
         if self.poison & {e.id for e in events}:
@@ -142,3 +145,46 @@ async def test_a_cancelled_caller_still_has_its_event_stored(store: Store) -> No
         await task
     await recorder.write_now([event("next")])  # queued behind the first transaction
     assert await store.get_event("gone") is not None
+
+
+async def test_the_relay_waits_for_the_store_once_its_backlog_is_full(store: Store) -> None:
+    """Buffered records (the forwarded ones) go to the store in the background; once
+    ``backlog`` of them wait for it, ``keep_up`` (which the relay path awaits) waits for
+    the store to take them, so that a store thread starved by a saturated event loop
+    cannot fall behind without bound."""
+    counting = CountingStore(store)
+    counting.gate = asyncio.Event()
+    recorder = Recorder(cast(Store, counting), flush_interval_s=0.01, backlog=3)
+    flusher = asyncio.create_task(recorder.run())
+    try:
+        recorder.add(event("f0"))
+        recorder.add(event("f1"))
+        await asyncio.wait_for(recorder.keep_up(), 5)  # two waiting: no wait
+        recorder.add(event("f2"))
+        waiting = asyncio.create_task(recorder.keep_up())
+        await asyncio.sleep(0.1)  # flushes start and wait at the gate
+        assert not waiting.done()
+        counting.gate.set()
+        await asyncio.wait_for(waiting, 5)
+        for n in range(3):
+            assert await store.get_event(f"f{n}") is not None
+    finally:
+        flusher.cancel()
+
+
+async def test_during_a_store_outage_the_relay_does_not_wait_for_the_backlog(
+    store: Store,
+) -> None:
+    """With the store down the buffer keeps the gateway answering (fail-static): past
+    the backlog, ``keep_up`` returns once a flush has found the store unreachable."""
+    counting = CountingStore(store)
+    counting.outage = True
+    recorder = Recorder(cast(Store, counting), flush_interval_s=0.01, backlog=2)
+    flusher = asyncio.create_task(recorder.run())
+    try:
+        for n in range(4):
+            recorder.add(event(f"o{n}"))
+        await asyncio.wait_for(recorder.keep_up(), 5)
+        assert recorder.deferring and recorder.pending == 4
+    finally:
+        flusher.cancel()

@@ -149,6 +149,11 @@ def test_redis_store_settings_and_their_defaults() -> None:
     assert parse_settings({}, {}).store.poll_interval_s == 0.25
 
 
+def test_the_store_thread_is_nicer_by_default_and_can_be_left_alone() -> None:
+    assert parse_settings({}, {}).store.thread_nice == 19
+    assert parse_settings({"store": {"thread_nice": 0}}, {}).store.thread_nice == 0
+
+
 def test_incremental_reload_is_on_unless_turned_off() -> None:
     """``[store] incremental_reload``: on by default, for either store."""
     assert parse_settings({}, {}).store.incremental_reload is True
@@ -313,6 +318,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("cold_start value", '[store]\ncold_start = "open"', "store.cold_start", "fail_open"),
     ("poll interval", "[store]\npoll_interval_s = 0", "store.poll_interval_s", "positive"),
     ("retention", "[store]\nevent_retention_days = 0", "store.event_retention_days", ""),
+    ("thread_nice", "[store]\nthread_nice = 20", "store.thread_nice", "between 0 and 19"),
     (
         "incremental_reload type",
         '[store]\nincremental_reload = "no"',

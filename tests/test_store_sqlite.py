@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -17,6 +19,7 @@ import pytest
 
 from gateway.errors import DuplicateRule, StoreUnavailable
 from gateway.models import ORG_MAIL, NewRule, Rule
+from gateway.store import open_store
 from gateway.store.base import EventRecord, RuleFilter
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, _delivered_answers, _headers_json
 from tests.records import event_record
@@ -78,6 +81,32 @@ async def test_file_is_in_wal_mode(sqlite_store: SQLiteStore, db_path: str) -> N
     """The database file is switched to WAL (a property of the file, seen by any reader)."""
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _store_threads() -> dict[int, int]:
+    """The SQLite stores' threads: native id -> niceness."""
+    return {
+        t.native_id: os.getpriority(os.PRIO_PROCESS, t.native_id)
+        for t in threading.enumerate()
+        if t.name.startswith("sendergate-sqlite") and t.native_id is not None
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux")
+async def test_the_store_thread_runs_nicer_than_the_event_loop(tmp_path: Path) -> None:
+    """[store] thread_nice: the store's thread, whose batches run in the background,
+    yields a busy core to the event loop's thread, whose own niceness is untouched."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = _store_threads()
+    store = open_store(f"sqlite:///{tmp_path / 'nice.db'}", thread_nice=5)
+    await store.open()
+    try:
+        await store.ping()
+        new = {tid: nice for tid, nice in _store_threads().items() if tid not in before}
+        assert list(new.values()) == [min(19, own + 5)]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    finally:
+        await store.close()
 
 
 async def test_another_process_write_is_seen_within_a_second(

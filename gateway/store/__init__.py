@@ -36,13 +36,14 @@ class PushesInvalidations(Protocol):
         each (re)connection), for the caller to compare versions."""
 
 
-def open_store(url: str, *, key_prefix: str = "sendergate:") -> Store:
+def open_store(url: str, *, key_prefix: str = "sendergate:", thread_nice: int = 0) -> Store:
     """Build (not yet open) the store for a ``[store] url``; ``key_prefix`` is the Redis
-    store's ``[store] key_prefix``."""
+    store's ``[store] key_prefix``, ``thread_nice`` the SQLite store's ``[store]
+    thread_nice``."""
     if url.startswith("sqlite:///"):
         from gateway.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        return SQLiteStore(url.removeprefix("sqlite:///"), thread_nice=thread_nice)
     if url.startswith(("redis://", "rediss://")):
         from gateway.store.redis import RedisStore
 
