@@ -7,6 +7,13 @@ so). Here one process on one core does everything, so what remains is the gatewa
 behaviour: a stall of the event loop, or of the quarantine commit that every drop waits
 for. Request i is started at t0 + i/R whatever happened before, and timed from then.
 
+What it cannot show: how the gateway's background threads share the core with the
+event loop. The schedule polls (``await asyncio.sleep(0)`` until a request is due, as
+uvloop's timers have a 1 ms resolution), so the event loop's thread never goes idle and
+the store's thread only runs when the GIL is handed over by force; the priority of that
+thread (``[store] thread_nice``) makes no difference here. Measure that with the socket
+benchmark's fixed-rate phases (``ingress.py``, docs/performance.md).
+
     .venv/bin/python bench/drop_latency.py                       # 1,500 drops/s for 8 s
     .venv/bin/python bench/drop_latency.py --no-autocheckpoint   # diagnosis only
 
