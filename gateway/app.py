@@ -371,6 +371,7 @@ def create_app(
         metrics.snapshot_reloads.inc(snapshot.reloads - reloads_seen[0])
         reloads_seen[0] = snapshot.reloads
         metrics.buffered.set(recorder.pending)
+        metrics.store_deferring.set(1 if recorder.deferring else 0)
         metrics.journaled.set(recorder.journaled)
         metrics.buffer_overflow.set(recorder.overflowed)
 

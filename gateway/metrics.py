@@ -147,6 +147,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.store_deferring = Gauge(
+            "sendergate_store_deferring",
+            "1 while this process's last write to the store failed (it buffers and retries)",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.journaled = Gauge(
             "sendergate_journaled_events",
             "Quarantine records in the local journal, not yet in the store",

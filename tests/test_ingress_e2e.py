@@ -135,7 +135,7 @@ def fresh(world: World) -> None:
 
 
 def settle() -> None:
-    time.sleep(0.2)  # let background recording flush (every 50 ms)
+    time.sleep(0.2)  # let background work end (the admin API's reads flush the records)
 
 
 def events(world: World, **params: str) -> list[dict[str, Any]]:

@@ -188,3 +188,19 @@ async def test_during_a_store_outage_the_relay_does_not_wait_for_the_backlog(
         assert recorder.deferring and recorder.pending == 4
     finally:
         flusher.cancel()
+
+
+async def test_an_admin_read_finds_the_buffered_records_without_waiting_for_a_flush(
+    store: Store,
+) -> None:
+    """settle() (what the admin API's event reads call first) writes the buffered
+    records (forwarded events) at once, whatever the flush interval."""
+    recorder = Recorder(store, flush_interval_s=60)
+    flusher = asyncio.create_task(recorder.run())
+    try:
+        recorder.add(event("r1"))
+        await recorder.settle(5)
+        assert await store.get_event("r1") is not None
+        assert recorder.pending == 0
+    finally:
+        flusher.cancel()

@@ -166,6 +166,11 @@ def _unready(replica: Replica) -> bool:
     return replica.readyz().status_code == 503
 
 
+def _deferring(replica: Replica) -> bool:
+    """/readyz says the replica's last write to the store failed (it buffers)."""
+    return bool(replica.readyz().json()["checks"]["recorder"]["deferring"])
+
+
 def replica_config(redis_url: str, port: int, downstream: str) -> str:
     digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
     return f"""
@@ -451,8 +456,11 @@ def test_a_redis_outage_keeps_decisions_and_loses_nothing(cluster: Cluster) -> N
             assert checks["snapshot"]["status"] == "ok"
         wait_for(lambda: len(traffic.since(down_at)) >= 20, "calls answered during the outage")
         for replica in (a, b):
+            wait_for(partial(_deferring, replica), f"{replica.name} deferring its writes")
             recorder = replica.readyz().json()["checks"]["recorder"]
             assert recorder["pending"] > 0 and recorder["overflowed"] == 0  # buffering
+            metrics = httpx.get(f"{replica.url}/metrics", timeout=10).text
+            assert "sendergate_store_deferring 1.0" in metrics
         # Decisions go on from the snapshot: allowed and muted callers are forwarded,
         # the blocked one is still blocked.
         for replica in (a, b):
@@ -507,7 +515,10 @@ def test_a_redis_outage_keeps_decisions_and_loses_nothing(cluster: Cluster) -> N
     muted_calls = sum(1 for s in traffic.sent if s.sender == muted and s.status == 200)
     wait_for(lambda: _rule_hits(cluster, mute_id) == muted_calls, "buffered rule hits")
     for replica in (a, b):
-        assert replica.readyz().json()["checks"]["recorder"]["pending"] == 0
+        recorder = replica.readyz().json()["checks"]["recorder"]
+        assert recorder["pending"] == 0 and not recorder["deferring"]
+        metrics = httpx.get(f"{replica.url}/metrics", timeout=10).text
+        assert "sendergate_store_deferring 0.0" in metrics
 
     # ... and the quarantine records of the calls dropped during the outage.
     def quarantined() -> bool:

@@ -74,9 +74,9 @@ def event_json(ev: EventRecord, *, full: bool = False) -> dict[str, Any]:
 
 
 async def _settled(state: AppState) -> None:
-    """Read-your-writes: the drops this process answered are in the store before it is
-    read (journaled records move there within milliseconds; see gateway.journal). Drops
-    answered by other workers or replicas show as soon as their own process wrote them."""
+    """Read-your-writes: the events this process answered (drops journaled, forwards
+    buffered) are in the store before it is read (``Recorder.settle``). Events answered
+    by other workers or replicas show as soon as their own process wrote them."""
     recorder = state.extras.get("recorder")
     if isinstance(recorder, Recorder):
         await recorder.settle()

@@ -61,6 +61,7 @@ async def readyz(request: Request) -> Response:
             "status": "ok",
             "pending": recorder.pending,
             "journaled": recorder.journaled,
+            "deferring": recorder.deferring,  # the last write to the store failed
             "overflowed": recorder.overflowed,
         }
     body = {"status": "ok" if ready else "failing", "checks": checks}

@@ -175,7 +175,7 @@ def test_every_event_is_accounted_for_through_app_redis_and_replica_failures(
     acc = account(events, delivered_ids, quarantined)
 
     # Delivered events are recorded "forwarded", except the few a SIGKILL took from the
-    # killed replica's write buffer (up to 50 ms of them) before it could write them.
+    # killed replica's write buffer (up to 200 ms of them) before it could write them.
     delivered = [e for e in events if e.allowed and e not in acc.lost]
     unrecorded = [e for e in delivered if e.eid not in forwarded]
     stale = [e for e in unrecorded if e.eid in failed]
