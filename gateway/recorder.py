@@ -11,8 +11,8 @@
   after one turn of the event loop: nothing waits for a batch to fill.
 * ``add`` buffers every other record (forwarded, forward_failed, passthrough); a background
   task flushes the buffer in one transaction every ``flush_interval_s`` (200 ms: against
-  50 ms, 9.4 against 12.2 KB of disk writes per relay, and fewer of the store's bursts
-  on the relay's core; docs/performance.md) or when it holds ``max_batch`` items. The
+  50 ms, 9.4 against 12.2 KB of disk writes per relay, the latency the same within the
+  bench machine's noise; docs/performance.md) or when it holds ``max_batch`` items. The
   admin API's reads (``settle``) flush it first.
 * ``hit`` counts rule matches in memory; the same task adds them to the rules' ``hits``.
 
