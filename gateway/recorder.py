@@ -18,6 +18,10 @@
 
 When the store fails, the buffer is kept (bounded by ``max_buffer``; what overflows is
 counted in ``overflowed``) and retried on the next flush, so a short outage loses nothing.
+While the store takes writes, at most ``backlog`` records wait for it: past that a drop
+waits for the journal writer's next commit and the relay path (``keep_up``) for the next
+flush. The store's thread runs at a lower priority (``[store] thread_nice``) and would
+otherwise fall behind a saturated event loop without bound.
 """
 
 from __future__ import annotations

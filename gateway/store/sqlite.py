@@ -1216,7 +1216,7 @@ def _lower_priority(increment: int) -> None:
     0.2-0.3 ms with the thread at +19; docs/performance.md). Nicer, the thread fills the
     event loop's idle time instead. Nothing can starve it for long: the recorder bounds
     what waits for it (``Recorder(backlog=...)``) and makes the hot path wait beyond that.
-    Raising niceness needs no privilege; it is never lowered again (that would)."""
+    Raising niceness needs no privilege (lowering it again would, so it is not)."""
     if increment <= 0 or not sys.platform.startswith("linux"):
         return
     tid = threading.get_native_id()
