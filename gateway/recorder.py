@@ -108,8 +108,8 @@ class Recorder:
         """Store ``events`` now; return once they are committed, or journaled (raise if
         neither)."""
         loop = asyncio.get_running_loop()
-        if self._journal is not None:
-            await self._journal_below_backlog()
+        if self._journal is not None and len(self._journaled) >= self._backlog:
+            await self._journal_below_backlog()  # not a coroutine per drop otherwise
         if self._journal is not None and len(self._journaled) < self._max_buffer:
             # The drops handled in this turn of the event loop go to the journal in one
             # write at its end, and are answered together, back to back. Per drop, the
